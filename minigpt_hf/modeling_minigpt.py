@@ -1,0 +1,290 @@
+"""MiniGPT: the GPT-2 decoder of nanoGPT, as a native ``transformers`` causal LM.
+
+Read top to bottom: attention, MLP, block, the model, the LM head. Parameter names are GPT-2's, so state dicts map
+one-to-one onto nanoGPT's and (after the Conv1D transpose) onto ``GPT2LMHeadModel``'s. This file is copied next to
+saved weights for ``trust_remote_code`` loading, so it imports only torch, transformers and the config.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_minigpt import MiniGPTConfig
+
+# transformers 5.x renamed the cache argument and output field from `past_key_values` to `cache`; both are accepted,
+# and outputs use whichever name the installed version's generate() reads back.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention: one fused QKV projection, SDPA (flash / memory-efficient kernels)."""
+
+    def __init__(self, config: MiniGPTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask=None, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        # Without a mask, queries and keys are aligned: causal if T > 1, a single decoding step otherwise.
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=attn_mask is None and T > 1,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: MiniGPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_ratio * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(GradientCheckpointingLayer):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: MiniGPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, cache=None, use_cache=False):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class MiniGPTPreTrainedModel(PreTrainedModel):
+    config_class = MiniGPTConfig
+    config: MiniGPTConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = True
+    _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
+
+    def _init_weights(self, module):
+        """nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer), zero biases, unit LayerNorm."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+def _attention_mask(attention_mask, past_length, q_length, kv_length, device):
+    """Boolean SDPA mask (B|1, 1, q, kv) for the cases ``is_causal=True`` gets wrong, or None when it is not needed.
+
+    With a KV cache and several new queries, SDPA's ``is_causal`` aligns the mask to the upper left; the right mask
+    lets query i (absolute position past + i) see keys 0..past + i. Padding (0 in a 2-D ``attention_mask``) hides keys;
+    every query may still see itself, so rows of padding tokens stay finite instead of NaN.
+    """
+    if attention_mask is not None and attention_mask.dim() == 4:  # prepared by the caller (e.g. static-cache generate)
+        return attention_mask
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
+    if attention_mask is None and (past_length == 0 or q_length == 1) and kv_length == past_length + q_length:
+        return None
+    q_pos = torch.arange(past_length, past_length + q_length, device=device)[:, None]
+    k_pos = torch.arange(kv_length, device=device)[None, :]
+    mask = (k_pos <= q_pos)[None, None]
+    if attention_mask is not None:
+        keys = attention_mask.bool()
+        if keys.shape[-1] < kv_length:  # a static cache is longer than the tokens seen so far; causality hides the rest
+            keys = F.pad(keys, (0, kv_length - keys.shape[-1]), value=True)
+        mask = (mask & keys[:, None, None, :kv_length]) | (k_pos == q_pos)
+    return mask
+
+
+class MiniGPTModel(MiniGPTPreTrainedModel):
+    """Token + learned position embeddings, ``n_layer`` pre-LN blocks, final LayerNorm."""
+
+    def __init__(self, config: MiniGPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings):
+        self.wte = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        cache = cache if cache is not None else past_key_values
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        output_hidden_states = output_hidden_states or self.config.output_hidden_states
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if not use_cache:
+            cache = None
+
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {past + T} tokens is longer than the model's block_size ({self.config.block_size}); "
+                "truncate the input or generate fewer tokens"
+            )
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past, past + T, device=x.device)[None]
+        kv_length = cache.layers[0].max_cache_len if getattr(cache, "is_compileable", False) else past + T
+        attn_mask = _attention_mask(attention_mask, past, T, kv_length, x.device)
+
+        x = self.drop(x + self.wpe(position_ids))
+        hidden_states = (x,) if output_hidden_states else None
+        for block in self.h:
+            x = block(x, attn_mask, cache=cache, use_cache=use_cache)
+            if output_hidden_states:
+                hidden_states += (x,)
+        x = self.ln_f(x)
+        if output_hidden_states:
+            hidden_states = hidden_states[:-1] + (x,)
+        return BaseModelOutputWithPast(last_hidden_state=x, hidden_states=hidden_states, **{CACHE_FIELD: cache})
+
+
+class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
+    """MiniGPT with the LM head tied to the token embedding. ``labels`` follow HF: pass ``labels=input_ids``; the
+    shift happens inside (or pass already shifted targets as ``shift_labels``); -100 is ignored."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: MiniGPTConfig):
+        super().__init__(config)
+        self.transformer = MiniGPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        out = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        n_real = self.config.tokenizer_vocab_size
+        if n_real < logits.shape[-1]:  # vocabulary padding is never a prediction
+            logits[..., n_real:] = torch.finfo(logits.dtype).min
+        loss = None
+        if kwargs.get("shift_labels") is not None:  # (B, T+1) windows give non-contiguous targets; HF's loss views
+            kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=out.hidden_states,
+            **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
+        )
+
+    def optimizer_groups(self, weight_decay: float = 0.1) -> list[dict]:
+        """AdamW parameter groups as nanoGPT: every weight of 2+ dimensions (Linear weights, embeddings) decays;
+        biases and LayerNorm parameters do not. For GPT-2 small: 50 tensors / 124,354,560 decayed and
+        98 tensors / 121,344 not (the tied LM head counts once)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    @classmethod
+    def from_gpt2(cls, name_or_path: str, **kwargs) -> "MiniGPTForCausalLM":
+        """Load OpenAI GPT-2 weights from an HF ``gpt2*`` checkpoint (hub id or local folder); see ``conversion``."""
+        try:  # the converter lives in the package, not in this file's trust_remote_code copy
+            from minigpt_hf.conversion import load_gpt2
+        except ImportError as err:
+            raise ImportError("from_gpt2 needs the minigpt_hf package: pip install minigpt-hf") from err
+
+        return load_gpt2(name_or_path, **kwargs)
+
+
+__all__ = ["MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel"]
