@@ -37,6 +37,8 @@ class MiniGPTConfig(PretrainedConfig):
         bias: biases in Linear layers and LayerNorms, as GPT-2.
         dropout: on embeddings, attention and residual outputs; 0.0 for pre-training, in [0, 1).
         layer_norm_epsilon, initializer_range: 1e-5 and 0.02, as GPT-2.
+        loss_chunk_size: when > 0, a forward with labels computes the loss over chunks of this many tokens without
+            materialising the (batch, seq, vocab) logits (a memory lever for training; no logits are returned then).
     """
 
     model_type = "minigpt"
@@ -59,6 +61,7 @@ class MiniGPTConfig(PretrainedConfig):
     dropout: float | int = 0.0
     layer_norm_epsilon: float = 1e-5
     initializer_range: float = 0.02
+    loss_chunk_size: int = 0
     use_cache: bool = True
     tie_word_embeddings: bool = True
     bos_token_id: int | None = 50256
@@ -76,6 +79,8 @@ class MiniGPTConfig(PretrainedConfig):
                 f"MiniGPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"allowed n_head values for this width: {[h for h in range(1, 65) if self.n_embd % h == 0]}"
             )
+        if self.loss_chunk_size < 0:
+            raise ValueError(f"MiniGPTConfig.loss_chunk_size must be >= 0 (0 = off), got {self.loss_chunk_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"MiniGPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.vocab_size < self.tokenizer_vocab_size:

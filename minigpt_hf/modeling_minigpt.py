@@ -85,6 +85,42 @@ class Block(GradientCheckpointingLayer):
         return x + self.mlp(self.ln_2(x))
 
 
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T`` without materialising the (N, V) logits of the whole batch.
+
+    Rows are processed in chunks: each chunk's logits live only while its loss and its gradients with respect to
+    ``hidden`` and ``weight`` are computed (in the forward pass, so backward only scales them). Peak memory for the
+    head drops from N*V fp32 values to chunk*V. Logits of padded vocabulary ids (>= ``n_real``) are excluded, exactly
+    as the model's masking does. ``divisor`` is the number of target tokens the sum is divided by.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size, n_real, divisor, ignore_index=-100):
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+            logits = (h @ weight.t()).float()
+            logits[:, n_real:] = torch.finfo(torch.float32).min
+            valid = t != ignore_index
+            safe_t = t.masked_fill(~valid, 0)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += ((lse - logits.gather(1, safe_t[:, None]).squeeze(1)) * valid).sum()
+            grad = torch.softmax(logits, dim=-1)
+            grad[torch.arange(len(t), device=t.device), safe_t] -= 1.0
+            grad = (grad * (valid[:, None] / divisor)).to(h.dtype)
+            grad_hidden[start : start + chunk_size] = grad @ weight
+            grad_weight += grad.t() @ h
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total / divisor
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None, None
+
+
 class MiniGPTPreTrainedModel(PreTrainedModel):
     config_class = MiniGPTConfig
     config: MiniGPTConfig
@@ -248,7 +284,9 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
-        hidden = out.last_hidden_state
+        hidden, extras = out.last_hidden_state, {"hidden_states": out.hidden_states, CACHE_FIELD: out.get(CACHE_FIELD)}
+        if self.config.loss_chunk_size and (labels is not None or kwargs.get("shift_labels") is not None):
+            return CausalLMOutputWithPast(loss=self._chunked_loss(hidden, labels, **kwargs), **extras)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
         n_real = self.config.tokenizer_vocab_size
@@ -259,11 +297,23 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=out.hidden_states,
-            **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **extras)
+
+    def _chunked_loss(self, hidden, labels=None, shift_labels=None, num_items_in_batch=None, ignore_index=-100, **_):
+        """The HF causal-LM loss through :class:`ChunkedLinearCrossEntropy` (``config.loss_chunk_size`` > 0): no
+        logits are returned, and the (B, T, V) logits are never materialised."""
+        if shift_labels is None:
+            shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+        targets = shift_labels.reshape(-1).to(hidden.device)
+        divisor = num_items_in_batch if num_items_in_batch is not None else (targets != ignore_index).sum()
+        return ChunkedLinearCrossEntropy.apply(
+            hidden.reshape(-1, hidden.shape[-1]),
+            self.lm_head.weight,
+            targets,
+            self.config.loss_chunk_size,
+            self.config.tokenizer_vocab_size,
+            divisor,
+            ignore_index,
         )
 
     def optimizer_groups(self, weight_decay: float = 0.1) -> list[dict]:

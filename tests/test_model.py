@@ -306,3 +306,44 @@ def test_fresh_process_without_minigpt_hf_loads_and_generates_the_same(tmp_path,
     res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["transformers_modules", "True", "[15496]", "True"]
+
+
+# ---------------------------------------------------------------------------------------------- chunked loss
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+def test_chunked_loss_equals_the_plain_loss_and_gradients(chunk):
+    torch.manual_seed(0)
+    plain = MiniGPTForCausalLM(tiny_config())
+    chunked = MiniGPTForCausalLM(tiny_config(loss_chunk_size=chunk))
+    chunked.load_state_dict(plain.state_dict())
+    x = ids(batch=3, length=20)
+    labels = x.clone()
+    labels[1, :7] = -100
+    a, b = plain(x, labels=labels), chunked(x, labels=labels)
+    assert b.logits is None
+    torch.testing.assert_close(a.loss, b.loss)
+    a.loss.backward()
+    b.loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+    # already shifted targets and HF's num_items_in_batch (gradient accumulation) take the same path
+    y = labels[:, 1:]
+    torch.testing.assert_close(chunked(x[:, :-1], shift_labels=y).loss, plain(x[:, :-1], shift_labels=y).loss)
+    n = torch.tensor(100)
+    torch.testing.assert_close(
+        chunked(x, labels=labels, num_items_in_batch=n).loss, plain(x, labels=labels, num_items_in_batch=n).loss
+    )
+
+
+def test_chunked_loss_under_bf16_autocast_is_close():
+    torch.manual_seed(0)
+    plain = MiniGPTForCausalLM(tiny_config())
+    chunked = MiniGPTForCausalLM(tiny_config(loss_chunk_size=16))
+    chunked.load_state_dict(plain.state_dict())
+    x = ids(batch=2, length=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = plain(x, labels=x).loss, chunked(x, labels=x).loss
+    assert abs(a.item() - b.item()) < 1e-2
+    b.backward()
+    assert all(torch.isfinite(p.grad).all() for p in chunked.parameters())
