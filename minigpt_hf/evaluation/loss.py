@@ -1,0 +1,111 @@
+"""Mean next-token loss and perplexity of a causal LM over uint16 token shards.
+
+The tokens are cut into non-overlapping windows of ``T + 1`` tokens with stride ``T`` (nanoGPT's ``x = buf[:-1]``,
+``y = buf[1:]``), so every token after the first is predicted exactly once with up to ``T`` tokens of context.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+def _load_shard(path: Path) -> np.ndarray:
+    """One shard, memory-mapped; ``ValueError`` unless it is a 1-D uint16 ``.npy`` array."""
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a .npy token shard ({err})") from None
+    if not isinstance(tokens, np.ndarray) or tokens.dtype != np.uint16 or tokens.ndim != 1:
+        raise ValueError(f"{path}: expected a 1-D uint16 token array, got {tokens.ndim}-D {tokens.dtype}")
+    return tokens
+
+
+def load_tokens(path, split: str = "val", max_tokens: int | None = None) -> np.ndarray:
+    """Tokens of one ``.npy`` shard, or of a data folder's ``{prefix}_{split}_{index:06d}.npy`` shards in order,
+    stopping after ``max_tokens``. A single shard stays memory-mapped."""
+    path = Path(path)
+    if path.is_dir():
+        shards = sorted(path.glob(f"*_{split}_{'[0-9]' * 6}.npy"))
+        if not shards:
+            raise FileNotFoundError(f"{path}: no '{split}' shards (*_{split}_NNNNNN.npy)")
+    elif path.is_file():
+        shards = [path]
+    else:
+        raise FileNotFoundError(f"{path}: no such token shard or data folder")
+    parts, total = [], 0
+    for shard in shards:
+        tokens = _load_shard(shard)
+        if max_tokens is not None:
+            tokens = tokens[: max_tokens - total]
+        parts.append(tokens)
+        total += len(tokens)
+        if max_tokens is not None and total >= max_tokens:
+            break
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def context_length(model, seq_len: int | None = None) -> int:
+    """``T`` = the smaller of ``seq_len`` and the model's ``max_position_embeddings`` (whichever is known)."""
+    limits = [n for n in (seq_len, getattr(model.config, "max_position_embeddings", None)) if n]
+    if not limits:
+        raise ValueError("the model config has no max_position_embeddings; pass seq_len")
+    return min(limits)
+
+
+def make_windows(tokens: np.ndarray, seq_len: int, indices) -> torch.Tensor:
+    """Windows ``tokens[i*T : i*T + T + 1]`` for ``i`` in ``indices`` as a ``(len(indices), T + 1)`` long tensor."""
+    rows = [tokens[i * seq_len : i * seq_len + seq_len + 1] for i in indices]
+    return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+def token_losses(model, windows: torch.Tensor) -> torch.Tensor:
+    """Per-token float32 cross-entropy ``(B, T)`` of predicting ``windows[:, 1:]`` from ``windows[:, :-1]``."""
+    windows = windows.to(next(model.parameters()).device)
+    logits = model(input_ids=windows[:, :-1]).logits.float()
+    return F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")
+
+
+@torch.no_grad()
+def evaluate_loss(model, tokens: np.ndarray, seq_len=None, batch_size: int = 8, accelerator=None, progress=True):
+    """Token-weighted mean loss and perplexity of ``model`` over ``tokens``.
+
+    With an ``accelerate.Accelerator`` each process takes windows ``rank::world``; the per-window loss sums are
+    gathered and added with ``math.fsum`` (exact, order-free), so every process returns what one process would.
+    Returns ``{"loss", "perplexity", "n_tokens", "n_windows", "seq_len"}``.
+    """
+    seq_len = context_length(model, seq_len)
+    n_windows = (len(tokens) - 1) // seq_len
+    if n_windows < 1:
+        raise ValueError(f"need at least {seq_len + 1} tokens for one window of {seq_len}, got {len(tokens)}")
+    vocab_size = getattr(model.config, "vocab_size", None)
+    if vocab_size and int(tokens[: n_windows * seq_len + 1].max()) >= vocab_size:
+        raise ValueError(f"the tokens contain ids >= the model's vocab_size {vocab_size}")
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)  # a DDP wrapper would sync on forward; ranks run unequal counts
+    was_training = model.training
+    model.eval()
+    mine = range(rank, n_windows, world)
+    sums = []
+    for start in tqdm(range(0, len(mine), batch_size), desc="eval loss", disable=not progress or rank != 0):
+        losses = token_losses(model, make_windows(tokens, seq_len, mine[start : start + batch_size]))
+        sums += losses.double().sum(dim=1).tolist()
+    model.train(was_training)
+    if accelerator is not None:
+        from accelerate.utils import gather_object
+
+        sums = gather_object(sums)
+    loss = math.fsum(sums) / (n_windows * seq_len)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "n_tokens": n_windows * seq_len,
+        "n_windows": n_windows,
+        "seq_len": seq_len,
+    }

@@ -1,0 +1,54 @@
+"""Mean validation loss and perplexity of any causal LM over uint16 token shards.
+
+    python scripts/eval_loss.py --model out/checkpoint-953 --data data/edu_fineweb10B --split val --max_tokens 1000000
+    accelerate launch scripts/eval_loss.py --model gpt2 --data data/edu_fineweb10B/edu_fineweb_val_000000.npy
+
+Windows of T = min(--seq_len, the model's max positions) tokens; prints the result as JSON (and writes --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from minigpt_hf.evaluation import add_model_args, evaluate_loss, load_model, load_tokens
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
+    parser.add_argument("--data", type=Path, required=True, help="a .npy token shard, or a data folder of shards")
+    parser.add_argument("--split", default="val", help="which shards of a data folder (default: val)")
+    parser.add_argument("--max_tokens", type=int, default=None, help="use only the first N tokens")
+    parser.add_argument("--seq_len", type=int, default=None, help="window length (default: the model's maximum)")
+    parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: 8)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON result to this file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    try:
+        tokens = load_tokens(args.data, args.split, args.max_tokens)
+        model = load_model(args.model, args.dtype, args.trust_remote_code, args.device or accelerator.device)
+        metrics = evaluate_loss(model, tokens, args.seq_len, args.batch_size, accelerator=accelerator)
+    except (OSError, ValueError) as err:
+        print(f"eval_loss: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    result = {"model": args.model, "data": str(args.data), **metrics, "num_processes": accelerator.num_processes}
+    if accelerator.is_main_process:
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

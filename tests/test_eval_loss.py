@@ -1,0 +1,152 @@
+"""Validation loss: shard loading and its errors, agreement with a direct computation, CLI, and 2 processes."""
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from minigpt_hf.evaluation import context_length, evaluate_loss, load_tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_model(n_positions=32):
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=n_positions)).eval()
+
+
+def random_tokens(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 50257, size=n, dtype=np.uint16)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    np.save(path / "shake_val_000000.npy", random_tokens(150, seed=1))
+    np.save(path / "shake_val_000001.npy", random_tokens(150, seed=2))
+    np.save(path / "shake_train_000000.npy", random_tokens(500, seed=3))
+    (path / "manifest.json").write_text("{}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    tiny_model().save_pretrained(path)
+    return path
+
+
+def test_load_tokens_folder_split_and_limit(data_dir):
+    val = load_tokens(data_dir, "val")
+    expected = np.concatenate([np.load(data_dir / "shake_val_000000.npy"), np.load(data_dir / "shake_val_000001.npy")])
+    np.testing.assert_array_equal(val, expected)
+    np.testing.assert_array_equal(load_tokens(data_dir, "val", max_tokens=200), expected[:200])
+    np.testing.assert_array_equal(load_tokens(data_dir / "shake_train_000000.npy", max_tokens=10),
+                                  np.load(data_dir / "shake_train_000000.npy")[:10])
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: np.save(p, np.arange(10, dtype=np.int32)), "1-D uint16 token array, got 1-D int32"),
+        (lambda p: np.save(p, np.zeros((2, 5), dtype=np.uint16)), "got 2-D uint16"),
+        (lambda p: p.write_text("not numpy"), "not a .npy token shard"),
+        (lambda p: None, "no such token shard"),
+    ],
+)
+def test_bad_shards_are_clear(tmp_path, make, message):
+    path = tmp_path / "x_val_000000.npy"
+    make(path)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_tokens(path)
+
+
+def test_folder_without_split_is_clear(data_dir):
+    with pytest.raises(FileNotFoundError, match="no 'test' shards"):
+        load_tokens(data_dir, "test")
+
+
+def test_matches_direct_computation():
+    model, tokens, seq_len = tiny_model(), random_tokens(200), 16
+    result = evaluate_loss(model, tokens, seq_len=seq_len, batch_size=5, progress=False)
+    n_windows = (len(tokens) - 1) // seq_len
+    with torch.no_grad():  # HF's own shifted loss over each (T + 1)-token window: T predictions per window
+        direct = [model(input_ids=w, labels=w).loss.item() for w in
+                  (torch.tensor(tokens[i * seq_len : (i + 1) * seq_len + 1], dtype=torch.long)[None]
+                   for i in range(n_windows))]
+    assert result["n_windows"] == n_windows and result["n_tokens"] == n_windows * seq_len
+    assert result["loss"] == pytest.approx(np.mean(direct), abs=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+
+
+def test_seq_len_is_capped_by_model_positions():
+    model = tiny_model(n_positions=32)
+    assert context_length(model) == 32 and context_length(model, 1000) == 32 and context_length(model, 8) == 8
+    assert evaluate_loss(model, random_tokens(100), seq_len=1000, progress=False)["seq_len"] == 32
+
+
+def test_too_few_tokens_and_bad_ids_are_clear():
+    model = tiny_model(n_positions=32)
+    with pytest.raises(ValueError, match="at least 33 tokens"):
+        evaluate_loss(model, random_tokens(20), progress=False)
+    with pytest.raises(ValueError, match="vocab_size"):
+        evaluate_loss(model, np.full(100, 60000, dtype=np.uint16), progress=False)
+
+
+def test_cli_writes_json_and_errors_are_one_line(model_dir, data_dir, tmp_path, capsys):
+    script = load_script("eval_loss")
+    out = tmp_path / "loss.json"
+    assert script.main(["--model", str(model_dir), "--data", str(data_dir), "--max_tokens", "250",
+                        "--seq_len", "16", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    assert (result["n_windows"], result["seq_len"], result["num_processes"]) == (15, 16, 1)
+    assert script.main(["--model", str(model_dir), "--data", str(tmp_path / "missing.npy")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing.npy" in err
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--help"])
+    assert exit_info.value.code == 0
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(model_dir, data_dir, tmp_path):
+    args = ["--model", str(model_dir), "--data", str(data_dir), "--seq_len", "16", "--batch_size", "3"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(ROOT / "scripts" / "eval_loss.py"),
+           *args, "--output", str(tmp_path / "two.json")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["num_processes"] == 2
+    assert load_script("eval_loss").main([*args, "--output", str(tmp_path / "one.json")]) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert (two["n_tokens"], two["n_windows"]) == (one["n_tokens"], one["n_windows"]) == (288, 18)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
