@@ -291,7 +291,8 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden[:, keep, :])
         n_real = self.config.tokenizer_vocab_size
         if n_real < logits.shape[-1]:  # vocabulary padding is never a prediction
-            logits[..., n_real:] = torch.finfo(logits.dtype).min
+            with torch.no_grad():  # the gradient there is exactly 0 anyway; recording the fill costs a (B, T, V) copy
+                logits[..., n_real:] = torch.finfo(logits.dtype).min
         loss = None
         if kwargs.get("shift_labels") is not None:  # (B, T+1) windows give non-contiguous targets; HF's loss views
             kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()
