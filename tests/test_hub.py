@@ -56,8 +56,10 @@ def checkpoint(tmp_path, model):
     """A checkpoint as scripts/train.py leaves it: the model folder, trainer_state.json and training_state/ in
     {output_dir}/checkpoints/step_000020, TensorBoard scalars in {output_dir}/tensorboard (also after step 20)."""
     run = tmp_path / "run"
+    # the batch and schedule are pinned here so that retuning tiny.yaml does not change the expected card
     args = parse_args(["--config", str(CONFIGS / "tiny.yaml"), "--output_dir", str(run),
-                       "--data_dir", str(tmp_path / "no-data-here")])
+                       "--data_dir", str(tmp_path / "no-data-here"), "--micro_batch_size", "4",
+                       "--total_batch_size", "512", "--max_steps", "160", "--warmup_steps", "10"])
     folder = save_model_folder(model, run / "checkpoints" / "step_000020")
     (folder / "training_state").mkdir()
     (folder / "training_state" / "optimizer.bin").write_bytes(b"\0" * 1000)
