@@ -37,8 +37,9 @@ class MiniGPTConfig(PretrainedConfig):
         bias: biases in Linear layers and LayerNorms, as GPT-2.
         dropout: on embeddings, attention and residual outputs; 0.0 for pre-training, in [0, 1).
         layer_norm_epsilon, initializer_range: 1e-5 and 0.02, as GPT-2.
-        loss_chunk_size: when > 0, a forward with labels computes the loss over chunks of this many tokens without
-            materialising the (batch, seq, vocab) logits (a memory lever for training; no logits are returned then).
+        loss_chunk_size: when > 0, a forward with labels in training mode computes the loss over chunks of this many
+            tokens without materialising the (batch, seq, vocab) logits (a memory lever; no logits are returned
+            then). In eval mode the model always returns logits.
     """
 
     model_type = "minigpt"

@@ -285,7 +285,8 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
         )
         hidden, extras = out.last_hidden_state, {"hidden_states": out.hidden_states, CACHE_FIELD: out.get(CACHE_FIELD)}
-        if self.config.loss_chunk_size and (labels is not None or kwargs.get("shift_labels") is not None):
+        chunked = self.config.loss_chunk_size and self.training  # evaluation and inference always get logits
+        if chunked and (labels is not None or kwargs.get("shift_labels") is not None):
             return CausalLMOutputWithPast(loss=self._chunked_loss(hidden, labels, **kwargs), **extras)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
@@ -301,8 +302,8 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, **extras)
 
     def _chunked_loss(self, hidden, labels=None, shift_labels=None, num_items_in_batch=None, ignore_index=-100, **_):
-        """The HF causal-LM loss through :class:`ChunkedLinearCrossEntropy` (``config.loss_chunk_size`` > 0): no
-        logits are returned, and the (B, T, V) logits are never materialised."""
+        """The HF causal-LM loss through :class:`ChunkedLinearCrossEntropy` (``config.loss_chunk_size`` > 0, training
+        mode): no logits are returned, and the (B, T, V) logits are never materialised."""
         if shift_labels is None:
             shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
         targets = shift_labels.reshape(-1).to(hidden.device)

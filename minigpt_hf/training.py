@@ -62,6 +62,9 @@ class ModelArguments:
     n_embd: int | None = field(default=None, metadata={"help": "override the preset's width"})
     block_size: int | None = field(default=None, metadata={"help": "override the preset's context length"})
     dropout: float | None = field(default=None, metadata={"help": "override the preset's dropout (0.0)"})
+    loss_chunk_size: int = field(
+        default=0, metadata={"help": "compute the training loss over chunks of this many tokens without "
+                                     "materialising the (B, T, vocab) logits (a memory lever; 0 = off)"})
     init_from: str | None = field(
         default=None,
         metadata={"help": "start from these weights instead of a fresh model: a MiniGPT save_pretrained folder, or "

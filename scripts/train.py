@@ -165,13 +165,17 @@ def train(model_args, data_args, train_args) -> int:
     # model and optimizer
     set_seed(train_args.seed)
     model = build_model(model_args)
+    model.config.loss_chunk_size = model_args.loss_chunk_size  # a training-time memory lever, not architecture
     if T > model.config.block_size:
         raise ValueError(f"--seq_len {T} is longer than the model's block_size {model.config.block_size}")
     if state:
         check_resumable(state, checkpoint, world_size, model.config, train_args.total_batch_size)
         model = MiniGPTForCausalLM.from_pretrained(checkpoint, config=model.config, dtype=torch.float32)
     if train_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config, flops, n_params = model.config, flops_per_token(model, T), sum(p.numel() for p in model.parameters())
     tokenizer = get_tokenizer(model_max_length=config.block_size)
     optimizer = torch.optim.AdamW(

@@ -322,6 +322,8 @@ def test_chunked_loss_equals_the_plain_loss_and_gradients(chunk):
     labels[1, :7] = -100
     a, b = plain(x, labels=labels), chunked(x, labels=labels)
     assert b.logits is None
+    assert chunked.eval()(x, labels=labels).logits is not None  # evaluation and inference always get logits
+    chunked.train()
     torch.testing.assert_close(a.loss, b.loss)
     a.loss.backward()
     b.loss.backward()

@@ -287,6 +287,19 @@ def test_push_to_hub_failure_is_reported_and_the_checkpoint_kept(shakespeare, tm
     assert token not in captured.out + captured.err
 
 
+def test_chunked_loss_trains_like_the_plain_loss(shakespeare, tmp_path):
+    losses = {}
+    for chunk in ("0", "48"):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        out = tmp_path / f"chunk{chunk}"
+        assert train_script.main(small_run(shakespeare, out, "--loss_chunk_size", chunk, "--max_steps", "3")) == 0
+        losses[chunk] = scalars(out, "train/loss")
+    assert losses["0"].keys() == losses["48"].keys() == {0, 1, 2}
+    for step, value in losses["0"].items():
+        assert losses["48"][step] == pytest.approx(value, rel=1e-5)
+
+
 def test_push_to_hub_needs_a_repo_id(shakespeare, tmp_path, capsys):
     assert "--hub_model_id" in run_error(small_run(shakespeare, tmp_path / "out", "--push_to_hub"), capsys)
 
