@@ -26,6 +26,8 @@ def _resolve(name_or_path: str) -> Path:
         return Path(name_or_path)
     if os.path.exists(name_or_path):
         raise ValueError(f"{name_or_path} is a file; pass the folder that holds config.json and the weights")
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:  # a path, not a hub id (USER/NAME)
+        raise FileNotFoundError(f"{name_or_path}: no such folder; pass a GPT-2 checkpoint folder or a hub id (gpt2)")
     from huggingface_hub import snapshot_download
 
     try:

@@ -120,3 +120,8 @@ def test_convert_script_writes_a_loadable_folder(gpt2_folder, tmp_path, offline_
         assert (gpt2(x()).logits - model(x()).logits[..., :50257]).abs().max().item() <= 1e-4
     again = subprocess.run(cmd, env=offline_env, capture_output=True, text=True)
     assert again.returncode != 0 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_missing_local_path_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        MiniGPTForCausalLM.from_gpt2(str(tmp_path / "absent"))

@@ -8,6 +8,7 @@ are the shared pieces of the command lines in ``scripts/``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .hellaswag import evaluate_hellaswag, load_hellaswag, score_example
 from .loss import context_length, evaluate_loss, load_tokens, make_windows, token_losses
@@ -48,6 +49,8 @@ def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = Fals
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if str(name).startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(f"{name}: no such model folder; pass a checkpoint folder or a hub id")
     model = AutoModelForCausalLM.from_pretrained(
         name, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code
     )
