@@ -47,6 +47,8 @@ def main(argv=None) -> int:
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(text + "\n")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # tear the process group down before exit; gloo can abort at interpreter shutdown
     return 0
 
 
