@@ -1,7 +1,7 @@
 """HellaSwag accuracy of any causal LM, as in build-nanogpt: acc = lowest summed ending loss, acc_norm = lowest mean.
 
     python scripts/eval_hellaswag.py --model gpt2 --data hellaswag_val.jsonl --output hellaswag.json
-    accelerate launch scripts/eval_hellaswag.py --model out/checkpoint-953 --trust_remote_code
+    accelerate launch scripts/eval_hellaswag.py --model out/gpt2-124m/checkpoints/step_000953 --trust_remote_code
 
 Without --data the official validation file is downloaded once to --cache_dir (needs the network). Prints the metrics
 as JSON (and writes them to --output) on the main process.
@@ -10,11 +10,10 @@ as JSON (and writes them to --output) on the main process.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from minigpt_hf.evaluation import add_model_args, evaluate_hellaswag, load_hellaswag, load_model
+from minigpt_hf.evaluation import add_model_args, evaluate_hellaswag, finish, load_hellaswag, load_model
 from minigpt_hf.evaluation.hellaswag import DEFAULT_CACHE_DIR, METRIC_DEFINITIONS, download_hellaswag
 
 
@@ -49,14 +48,7 @@ def main(argv=None) -> int:
         return 1
     result = {"model": args.model, "data": str(data), **metrics, "num_processes": accelerator.num_processes}
     result["definitions"] = METRIC_DEFINITIONS
-    if accelerator.is_main_process:
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.output:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(text + "\n")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # tear the process group down before exit; gloo can abort at interpreter shutdown
+    finish(accelerator, result, args.output)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Mean validation loss and perplexity of any causal LM over uint16 token shards.
 
-    python scripts/eval_loss.py --model out/checkpoint-953 --data data/edu_fineweb10B --split val --max_tokens 1000000
-    accelerate launch scripts/eval_loss.py --model gpt2 --data data/edu_fineweb10B/edu_fineweb_val_000000.npy
+    python scripts/eval_loss.py --model out/gpt2-124m/checkpoints/step_000953 --data data/fineweb-edu --max_tokens 1000000
+    accelerate launch scripts/eval_loss.py --model gpt2 --data data/fineweb-edu/fineweb-edu_val_000000.npy
 
 Windows of T = min(--seq_len, the model's max positions) tokens; prints the result as JSON (and writes --output).
 """
@@ -9,11 +9,10 @@ Windows of T = min(--seq_len, the model's max positions) tokens; prints the resu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from minigpt_hf.evaluation import add_model_args, evaluate_loss, load_model, load_tokens
+from minigpt_hf.evaluation import add_model_args, evaluate_loss, finish, load_model, load_tokens
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,14 +40,7 @@ def main(argv=None) -> int:
         print(f"eval_loss: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     result = {"model": args.model, "data": str(args.data), **metrics, "num_processes": accelerator.num_processes}
-    if accelerator.is_main_process:
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.output:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(text + "\n")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # tear the process group down before exit; gloo can abort at interpreter shutdown
+    finish(accelerator, result, args.output)
     return 0
 
 

@@ -1,8 +1,8 @@
 """The notes' Figure 6: loss landscape around a checkpoint along two filter-normalised random directions
 (Li et al., 2018; biases and LayerNorm parameters stay fixed), on one fixed validation batch.
 
-    python scripts/loss_landscape.py out/checkpoint-953 --data data/edu_fineweb10B --grid 21 --span 1.0
-    python scripts/loss_landscape.py out/checkpoint-953 --text some.txt --grid 11 --batch_size 4 --seq_len 256
+    python scripts/loss_landscape.py out/gpt2-124m/checkpoints/step_000953 --data data/fineweb-edu --grid 21 --span 1.0
+    python scripts/loss_landscape.py out/gpt2-124m/checkpoints/step_000953 --text some.txt --grid 11 --batch_size 4 --seq_len 256
 
 Writes landscape.npz (alphas, betas, losses), landscape_contour.png and landscape_surface.png to --out and prints a
 JSON summary. --grid must be odd so the trained weights (alpha = beta = 0) are on the grid.

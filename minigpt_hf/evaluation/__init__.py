@@ -17,6 +17,7 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 __all__ = [
     "add_model_args",
+    "finish",
     "context_length",
     "evaluate_hellaswag",
     "evaluate_loss",
@@ -57,3 +58,18 @@ def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = Fals
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def finish(accelerator, result: dict, output: Path | None = None) -> None:
+    """End an evaluation script: the main process prints ``result`` as JSON (and writes it to ``output``); then all
+    processes tear the process group down together, since gloo can abort a rank left running at interpreter exit."""
+    import json
+
+    if accelerator.is_main_process:
+        text = json.dumps(result, indent=2)
+        print(text)
+        if output:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text + "\n")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
