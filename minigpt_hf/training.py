@@ -30,7 +30,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser
 
-from .configuration_minigpt import PRESETS, MiniGPTConfig
+from .configuration_minigpt import PRESETS
 from .hub import redact
 from .saving import atomic_directory
 

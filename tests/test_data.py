@@ -5,20 +5,18 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import ROOT, load_script
 from minigpt_hf import data
 from minigpt_hf.tokenization import EOT_ID, get_encoding
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = [f"Document {i}: " + "to be or not to be, that is the question. " * (i % 7 + 1) for i in range(60)]
 
 
@@ -337,15 +335,9 @@ def test_embedded_corpus_is_english_and_prepares_itself(tmp_path):
     assert x[0, 0] == EOT_ID and get_encoding().decode(x[0].tolist()).startswith("<|endoftext|>HAMLET")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts" / "prepare_data.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_cli_writes_shards_and_reports_errors_in_one_line(tmp_path, capsys):
-    cli = load_script()
+    cli = load_script("prepare_data")
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
     assert e.value.code == 0 and "--out_dir" in capsys.readouterr().out

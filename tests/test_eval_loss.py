@@ -1,32 +1,16 @@
 """Validation loss: shard loading and its errors, agreement with a direct computation, CLI, and 2 processes."""
 
-import importlib.util
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from helpers import launch_two, load_script
 from minigpt_hf.evaluation import context_length, evaluate_loss, load_tokens
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_model(n_positions=32):
@@ -128,21 +112,11 @@ def test_cli_writes_json_and_errors_are_one_line(model_dir, data_dir, tmp_path, 
     assert exit_info.value.code == 0
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_processes_match_one(model_dir, data_dir, tmp_path):
     args = ["--model", str(model_dir), "--data", str(data_dir), "--seq_len", "16", "--batch_size", "3"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(ROOT / "scripts" / "eval_loss.py"),
-           *args, "--output", str(tmp_path / "two.json")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = launch_two("eval_loss", [*args, "--output", tmp_path / "two.json"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["num_processes"] == 2

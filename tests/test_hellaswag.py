@@ -1,34 +1,19 @@
 """HellaSwag evaluation: parsing, scoring against a direct computation, a rigged model, CLI, and 2 processes."""
 
-import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from helpers import launch_two, load_script
 from minigpt_hf.evaluation import evaluate_hellaswag, load_hellaswag, score_example
 from minigpt_hf.tokenization import get_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 FRUIT = ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum"]
 VEHICLES = ["car", "truck", "bus", "train", "boat", "plane", "bike", "ship"]
 LONG_RIGHT = " ".join(FRUIT[:5] + ["car"])  # 5 favoured tokens + 1 disfavoured: low mean loss, high summed loss
 
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_rows():
@@ -179,21 +164,11 @@ def test_cli_help():
     assert exit_info.value.code == 0
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_processes_match_one(rigged_dir, data_file, tmp_path):
     out = tmp_path / "two.json"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(ROOT / "scripts" / "eval_hellaswag.py"),
-           "--model", str(rigged_dir), "--data", str(data_file), "--output", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = launch_two("eval_hellaswag", ["--model", rigged_dir, "--data", data_file, "--output", out], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(out.read_text())
     assert two["num_processes"] == 2

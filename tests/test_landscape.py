@@ -1,12 +1,6 @@
 """Loss landscape: centre = plain loss, weights restored, filter-normalised directions, files and CLI."""
 
-import importlib.util
 import json
-import os
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np
 import pytest
@@ -14,17 +8,11 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from helpers import load_script
 from minigpt_hf.evaluation import make_windows
 from minigpt_hf.landscape import filter_normalized_direction, loss_landscape, plot_landscape
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_model():

@@ -1,27 +1,19 @@
 """Training figures from TensorBoard logs: logged values are what is drawn, PNGs are real, missing tags are skipped."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+from helpers import load_script
 from minigpt_hf.plotting import CHANCE, GPT2_124M_HELLASWAG, plot_training, read_scalars
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = list(range(0, 50, 5))
 TRAIN = [11.0 - 0.2 * i for i in range(len(STEPS))]
 VAL_STEPS, VAL = [0, 25, 45], [10.9, 9.5, 9.2]
 LR = [6e-4 * min(1.0, s / 15) * (1 - s / 100) for s in STEPS]  # warmup to step 15, then decay
 HS_STEPS, HS = [0, 20, 45], [0.24, 0.255, 0.27]
 
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_log(log_dir, series):

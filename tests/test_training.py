@@ -5,16 +5,11 @@ In-process runs call ``scripts/train.py``'s ``main`` on a 2-layer, 64-wide model
 through ``accelerate launch`` as a user would.
 """
 
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
@@ -23,6 +18,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
+from helpers import ROOT, launch_two, load_script
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt_hf.data import DistributedTokenLoader, ensure_embedded_shards
 from minigpt_hf.training import (
@@ -35,18 +31,11 @@ from minigpt_hf.training import (
     peak_flops_per_device,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_MODEL = ["--preset", "tiny", "--n_layer", "2", "--n_embd", "64", "--block_size", "64"]
 
 
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-train_script = load_train_script()
+train_script = load_script("train")
 
 
 @pytest.fixture(autouse=True)
@@ -446,20 +435,6 @@ def test_compiled_model_trains_evaluates_generates_and_saves(shakespeare, tmp_pa
 # two processes through accelerate launch
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch_two(argv, env):
-    """``accelerate launch`` of the trainer on 2 CPU processes (see design.md, 'Distributed on CPU')."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(ROOT / "scripts" / "train.py"), *argv]
-    env = {**env, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-
 
 def two_process_run(data_dir, output_dir, *extra):
     """6 steps of the small model with dropout (so that the RNG state matters), B=4 x 2 processes x 2 micro-steps."""
@@ -473,7 +448,7 @@ def straight_run(shakespeare, tmp_path_factory):
     """6 steps on 2 processes, checkpoints at steps 3 and 6."""
     out = tmp_path_factory.mktemp("straight")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = launch_two(two_process_run(shakespeare, out), env)
+    proc = launch_two("train", two_process_run(shakespeare, out), env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc
 
@@ -500,7 +475,7 @@ def test_two_processes_train_and_save_a_loadable_model(straight_run):
 def test_two_process_resume_is_exact(straight_run, shakespeare, tmp_path, offline_env):
     out, _ = straight_run
     resumed = tmp_path / "resumed"
-    proc = launch_two(two_process_run(shakespeare, resumed, "--resume_from_checkpoint",
+    proc = launch_two("train", two_process_run(shakespeare, resumed, "--resume_from_checkpoint",
                                       str(out / "checkpoints" / "step_000003")), offline_env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "resumed from" in (resumed / "log.txt").read_text()
