@@ -17,6 +17,8 @@ import gzip
 import json
 import multiprocessing as mp
 import os
+import re
+import time
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
 from pathlib import Path
@@ -26,9 +28,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .checkpoint import FolderLock, config_hash, fsync_dir, write_text_atomic
 from .tokenization import EOT_ID, GPT2_VOCAB_SIZE, get_encoding
 
 MANIFEST_NAME = "manifest.json"
+DATA_LOCK_NAME = ".prepare.lock"
 SHARD_DTYPE = np.uint16
 SHARD_SIZE = 10_000_000  # the notes: 100M tokens in 10 shards of ~10M, plus 1M for validation
 VAL_TOKENS = 1_000_000
@@ -40,6 +44,7 @@ EMBEDDED_SOURCE = {
     "path": "minigpt_hf/assets/corpus/shakespeare.jsonl.gz",
 }
 INPUT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+SHARD_NAME = re.compile(r".+_(train|val)_\d{6}(-[0-9a-f]+)?\.npy")
 SKIP_REASONS = ("empty", "not_text", "invalid_utf8")
 
 
@@ -97,17 +102,27 @@ def _read_documents(path: Path, text_field: str) -> Iterator[Any]:
         _check_field(text_field, parquet.schema_arrow.names, f"{path}")
         for batch in parquet.iter_batches(columns=[text_field]):
             yield from batch.column(0).to_pylist()
+    elif path.suffix == ".json":
+        try:
+            records = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON ({e}); fix the file") from None
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON array of objects (use .jsonl for JSON lines)")
+        for n, record in enumerate(records, 1):
+            yield _field(record, text_field, f"{path}, record {n}")
     else:
-        with open(path, encoding="utf-8") as f:
-            if path.suffix == ".json":
-                records = json.load(f)
-                if not isinstance(records, list):
-                    raise ValueError(f"{path}: expected a JSON array of objects (use .jsonl for JSON lines)")
-                lines = enumerate(records, 1)
-            else:
-                lines = ((n, _parse_json_line(line, path, n)) for n, line in enumerate(f, 1) if line.strip())
-            for n, record in lines:
-                yield _field(record, text_field, f"{path}, record {n}")
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"{path}, line {n}: not UTF-8; convert the file to UTF-8 or remove the "
+                                     "line") from None
+                if line.strip():
+                    yield _field(_parse_json_line(line, path, n), text_field, f"{path}, record {n}")
 
 
 def _parse_json_line(line: str, path: Path, n: int) -> Any:
@@ -211,19 +226,31 @@ def _cut(arrays: Iterable[np.ndarray], sizes: Iterator[int]) -> Iterator[np.ndar
         yield buf[:n]
 
 
-def _write_shard(path: Path, tokens: np.ndarray) -> None:
-    """``np.save`` to a temporary name, renamed to `path` once complete."""
-    tmp = path.with_name(path.name + ".tmp")
+def _write_shard(path: Path, tokens: np.ndarray, tag: str) -> None:
+    """``np.save`` to a temporary name unique to this run (``tag``), fsynced, then renamed to `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{tag}")
     with open(tmp, "wb") as f:
         np.save(f, tokens)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """JSON to a temporary name, renamed to `path` once complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _free_name(out_dir: Path, name: str, tag: str) -> str:
+    """`name`, or `name` with this run's tag when a file (an old dataset's shard) already has it."""
+    if not (out_dir / name).exists():
+        return name
+    stem, suffix = name.rsplit(".", 1)
+    return f"{stem}-{tag}.{suffix}"
+
+
+def _sweep_data_dir(out_dir: Path, keep: set[str]) -> None:
+    """Remove temporaries and shard files that no manifest lists (left by interrupted runs); hold the lock."""
+    for path in [*out_dir.glob(".*.npy.tmp-*"), *out_dir.glob("*.npy.tmp")]:  # (the second: older versions')
+        path.unlink(missing_ok=True)
+    for path in out_dir.glob("*.npy"):
+        if path.name not in keep and SHARD_NAME.fullmatch(path.name):
+            path.unlink(missing_ok=True)
 
 
 def prepare_shards(
@@ -238,13 +265,18 @@ def prepare_shards(
     overwrite: bool = False,
     source: Any = None,
     progress: bool = True,
+    wait_for_lock: bool = False,
 ) -> dict:
     """Tokenise `documents` into shards ``{prefix}_{split}_{index:06d}.npy`` in `out_dir`; return the manifest.
 
     The first `val_tokens` tokens (0: no val split) form the val shard, the rest train shards of `shard_size`
     tokens; at most `max_tokens` in all (the last document cut). Shards or a manifest already there are an error
-    unless `overwrite` (then they are deleted first). If anything fails, the files this run wrote are removed; the
-    manifest comes last. `source` (any JSON) is recorded in it.
+    unless `overwrite`; then the new dataset is built beside the old one, which stays readable until the new
+    manifest replaces the old one (last, in one rename), and is removed only then. If anything fails, the files this
+    run wrote are removed and the old dataset is untouched. `source` (any JSON) is recorded in the manifest.
+
+    The folder is locked for the run (``.prepare.lock``): a second preparation into it fails at once naming the owner
+    (or, with `wait_for_lock`, waits for it).
     """
     if shard_size < 1 or val_tokens < 0 or (max_tokens is not None and max_tokens < 1):
         raise ValueError(
@@ -252,18 +284,33 @@ def prepare_shards(
             f"{val_tokens}, {max_tokens}"
         )
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--out_dir {out_dir} is a file, not a folder; choose another folder")
+    with FolderLock(out_dir, "prepare-data", DATA_LOCK_NAME).acquire(blocking=wait_for_lock):
+        return _prepare_locked(documents, out_dir, prefix, shard_size, val_tokens, max_tokens, num_proc, overwrite,
+                               source, progress)
+
+
+def _prepare_locked(documents, out_dir: Path, prefix, shard_size, val_tokens, max_tokens, num_proc, overwrite, source,
+                    progress) -> dict:
+    """:func:`prepare_shards` with the folder locked. The new shards never take an old shard's name, and the
+    manifest, replaced last in one rename, is the only switch: until then the old dataset is untouched and
+    readable; on any failure the new files are removed and the old dataset stays as it was."""
     manifest_path = out_dir / MANIFEST_NAME
-    existing = [manifest_path] * manifest_path.exists() + sorted(out_dir.glob(f"{prefix}_*.npy*"))
+    old_manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+    old_files = {s["file"] for s in old_manifest["shards"]} if old_manifest else set()
+    if old_manifest is None:  # shards without a manifest are an interrupted run's: incomplete
+        _sweep_data_dir(out_dir, keep=set())
+    existing = [manifest_path] * manifest_path.exists() + sorted(out_dir.glob(f"{prefix}_*.npy"))
     if existing and not overwrite:
         raise FileExistsError(
             f"{out_dir} already holds a manifest or {prefix}_* shards ({len(existing)} files, e.g. "
             f"{existing[0].name}); pass --overwrite (overwrite=True) to replace them"
         )
-    for path in existing:  # the manifest first: from then on the old shards no longer count as complete
-        path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _sweep_data_dir(out_dir, keep=old_files)
     get_encoding()  # build the BPE once, before the workers fork
 
+    tag = f"{os.getpid():x}{time.time_ns() & 0xFFFFFF:06x}"
     stats = {"documents": 0, "tokens": 0, "skipped": dict.fromkeys(SKIP_REASONS, 0)}
     sizes = chain([val_tokens] if val_tokens else [], repeat(shard_size))
     shards, written = [], []
@@ -277,8 +324,9 @@ def prepare_shards(
             for tokens in _cut(_kept_tokens(results, stats, max_tokens, bar), sizes):
                 split = "val" if val_tokens and not shards else "train"
                 name = f"{prefix}_{split}_{sum(s['split'] == split for s in shards):06d}.npy"
+                name = _free_name(out_dir, name, tag)
                 written.append(out_dir / name)
-                _write_shard(out_dir / name, tokens)
+                _write_shard(out_dir / name, tokens, tag)
                 shards.append({"file": name, "split": split, "tokens": len(tokens)})
         totals = {split: sum(s["tokens"] for s in shards if s["split"] == split) for split in ("train", "val")}
         if not stats["tokens"]:
@@ -305,12 +353,15 @@ def prepare_shards(
             "shards": shards,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_json(manifest_path, manifest)
+        fsync_dir(out_dir)
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")  # the switch
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
-            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            path.with_name(f".{path.name}.tmp-{tag}").unlink(missing_ok=True)
         raise
+    for name in old_files - {s["file"] for s in shards}:  # the old dataset, no longer listed
+        (out_dir / name).unlink(missing_ok=True)
     return manifest
 
 
@@ -341,16 +392,18 @@ def ensure_embedded_shards(
     distributed run call this on the main process only, then wait (``accelerator.wait_for_everyone()``).
     """
     if not (Path(data_dir) / MANIFEST_NAME).is_file():
-        prepare_shards(
+        with contextlib.suppress(FileExistsError):  # another run prepared it while this one waited for the lock
+            prepare_shards(
             iter_embedded_documents(),
             data_dir,
             prefix="shakespeare",
             shard_size=shard_size,
             val_tokens=val_tokens,
             num_proc=num_proc,
-            overwrite=True,
+            overwrite=False,
             source=EMBEDDED_SOURCE,
             progress=progress,
+            wait_for_lock=True,
         )
     return read_manifest(data_dir)
 
@@ -360,20 +413,45 @@ def ensure_embedded_shards(
 
 
 def read_manifest(data_dir: str | os.PathLike) -> dict:
-    """The manifest of a shard folder; a FileNotFoundError that says what to run when there is none."""
+    """The manifest of a shard folder; an error that says what to run when there is none or it is damaged."""
     path = Path(data_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(
             f"no {MANIFEST_NAME} in {data_dir} (shards without one are incomplete): run "
-            f"python scripts/prepare_data.py --out_dir {data_dir} first"
+            f"minigpt prepare-data --out_dir {data_dir} first"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["shards"], manifest["tokens"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is damaged; prepare the data again (minigpt prepare-data --overwrite)") from None
+    return manifest
+
+
+def manifest_hash(data_dir: str | os.PathLike) -> str:
+    """A short hash of a dataset's manifest (its shards, sizes, source and tokenizer; not its creation time)."""
+    manifest = read_manifest(data_dir)
+    return config_hash({k: v for k, v in manifest.items() if k != "created"})
+
+
+def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The shard files of one split, in order, as the manifest lists them."""
+    manifest = read_manifest(data_dir)
+    shards = [Path(data_dir) / s["file"] for s in manifest["shards"] if s["split"] == split]
+    if not shards:
+        raise ValueError(f"no {split!r} shards in {data_dir} (splits: {', '.join(sorted(manifest['tokens']))})")
+    return shards
 
 
 def load_shard(path: str | os.PathLike, vocab_size: int | None = None) -> np.ndarray:
     """A shard as a read-only memory map, checked to be 1-D uint16 and, given `vocab_size`, all tokens below it."""
-    tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    if tokens.dtype != SHARD_DTYPE or tokens.ndim != 1:
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard {path} is missing; prepare the data again") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"shard {path} is not a whole .npy token array ({err}); prepare the data again") from None
+    if not isinstance(tokens, np.ndarray) or tokens.dtype != SHARD_DTYPE or tokens.ndim != 1:
         raise ValueError(f"shard {path}: expected a 1-D uint16 array, found a {tokens.ndim}-D {tokens.dtype} array")
     if vocab_size is not None and len(tokens) and (top := int(tokens.max())) >= vocab_size:
         raise ValueError(f"shard {path}: token id {top} is not below vocab_size {vocab_size}")
@@ -381,12 +459,17 @@ def load_shard(path: str | os.PathLike, vocab_size: int | None = None) -> np.nda
 
 
 class DistributedTokenLoader:
-    """build-nanogpt's DataLoaderLite over one split, deterministic and resumable.
+    """build-nanogpt's DataLoaderLite over one split: deterministic, resumable, and elastic.
 
-    At each step rank ``r`` reads ``B*T+1`` tokens of the current shard starting at ``position + B*T*r``, then the
-    shared ``position`` advances by ``B*T*world_size``; when the next step would not fit for every rank, all move to
-    the next shard, and after the last back to the first. Windows never cross shards; shards too short for one step
-    are left out. Each shard is validated (dtype, shape, length, tokens < `vocab_size`) when first opened.
+    One optimizer step takes ``grad_accum`` micro-batches on each of ``world_size`` ranks: ``grad_accum *
+    world_size`` windows of ``B*T+1`` tokens laid end to end from the shared ``position``; micro-batch ``m`` of rank
+    ``r`` is window ``m * world_size + r`` (exactly DataLoaderLite's order). After the step the position advances by
+    ``B*T*grad_accum*world_size`` tokens; when the next step would not fit in the current shard, all move to the
+    next shard (after the last, back to the first). Windows never cross shards; shards too short for one step are
+    left out. Each shard is validated (dtype, shape, length, tokens < `vocab_size`) when first opened.
+
+    The state is the global ``(shard, position)``, the same on every rank, so a run resumed on another number of
+    processes with the same tokens per step reads exactly the windows an uninterrupted run would.
     """
 
     def __init__(
@@ -398,21 +481,24 @@ class DistributedTokenLoader:
         rank: int = 0,
         world_size: int = 1,
         vocab_size: int = GPT2_VOCAB_SIZE,
+        grad_accum: int = 1,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if B < 1 or T < 1 or grad_accum < 1:
+            raise ValueError(f"need B, T and grad_accum >= 1, got {B}, {T}, {grad_accum}")
         self.data_dir, self.split, self.B, self.T = Path(data_dir), split, B, T
-        self.rank, self.world_size, self.vocab_size = rank, world_size, vocab_size
-        self.stride = B * T * world_size
+        self.rank, self.world_size, self.vocab_size, self.grad_accum = rank, world_size, vocab_size, grad_accum
+        self.window = B * T
+        self.stride = self.window * world_size * grad_accum  # tokens per optimizer step, all ranks together
         manifest = read_manifest(data_dir)
+        split_shards(data_dir, split)  # an error naming the splits there when this one is missing
         shards = [s for s in manifest["shards"] if s["split"] == split]
-        if not shards:
-            raise ValueError(f"no {split!r} shards in {data_dir} (splits: {', '.join(sorted(manifest['tokens']))})")
         self.shards = [s for s in shards if s["tokens"] >= self.stride + 1]
         if not self.shards:
             raise ValueError(
                 f"the {split} split of {data_dir} is too small: one step of B={B}, T={T}, world_size="
-                f"{world_size} needs B*T*world_size+1 = {self.stride + 1:,} tokens in a shard, the "
+                f"{world_size}, grad_accum={grad_accum} needs {self.stride + 1:,} tokens in a shard, the "
                 f"largest has {max(s['tokens'] for s in shards):,}; lower B or T or prepare larger shards"
             )
         self._validated = set()
@@ -426,21 +512,24 @@ class DistributedTokenLoader:
         else:
             self.tokens = load_shard(path, self.vocab_size)
             if len(self.tokens) != info["tokens"]:
-                raise ValueError(f"shard {path} has {len(self.tokens):,} tokens, the manifest says {info['tokens']:,}")
+                raise ValueError(f"shard {path} has {len(self.tokens):,} tokens, the manifest says "
+                                 f"{info['tokens']:,} (truncated or replaced); prepare the data again")
             self._validated.add(shard)
-        self.shard, self.position = shard, 0
+        self.shard, self.position, self.micro_step = shard, 0, 0
 
     def reset(self) -> None:
         """Back to the start of the first shard."""
         self._open(0)
 
     def _next_span(self) -> torch.Tensor:
-        """This rank's next B*T+1 tokens (int64), advancing all ranks' shared position."""
-        start = self.position + self.B * self.T * self.rank
-        span = torch.from_numpy(self.tokens[start : start + self.B * self.T + 1].astype(np.int64))
-        self.position += self.stride
-        if self.position + self.stride + 1 > len(self.tokens):
-            self._open((self.shard + 1) % len(self.shards))
+        """This rank's next B*T+1 tokens (int64); after the step's last micro-batch, all ranks advance together."""
+        start = self.position + self.window * (self.micro_step * self.world_size + self.rank)
+        span = torch.from_numpy(self.tokens[start : start + self.window + 1].astype(np.int64))
+        self.micro_step += 1
+        if self.micro_step == self.grad_accum:
+            self.position, self.micro_step = self.position + self.stride, 0
+            if self.position + self.stride + 1 > len(self.tokens):
+                self._open((self.shard + 1) % len(self.shards))
         return span
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -456,28 +545,23 @@ class DistributedTokenLoader:
         return self._next_span().unfold(0, self.T + 1, self.T).contiguous()
 
     def state_dict(self) -> dict:
-        """The position, with what it depends on. ``shard`` and ``position`` are the same on every rank."""
-        return {
-            "split": self.split,
-            "shard": self.shard,
-            "position": self.position,
-            "B": self.B,
-            "T": self.T,
-            "world_size": self.world_size,
-            "rank": self.rank,
-        }
+        """The global position at an optimizer-step boundary: the same on every rank, for any world size."""
+        if self.micro_step:
+            raise RuntimeError("the loader's state is taken between optimizer steps, not inside one")
+        return {"split": self.split, "shard": self.shard, "position": self.position,
+                "tokens_per_step": self.stride, "shard_file": self.shards[self.shard]["file"]}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume where `state` was saved; a state saved on any rank resumes every rank (``rank`` is not checked)."""
-        differ = [
-            f"{k}={state[k]} (now {getattr(self, k)})"
-            for k in ("split", "B", "T", "world_size")
-            if state[k] != getattr(self, k)
-        ]
-        if differ:
-            raise ValueError(f"cannot resume the {self.split} loader: its state was saved with {', '.join(differ)}")
+        """Resume where `state` was saved, on any number of processes and any B that keep the tokens per step."""
+        if state["split"] != self.split:
+            raise ValueError(f"cannot resume the {self.split} loader from a state of the {state['split']} split")
+        if state.get("tokens_per_step", self.stride) != self.stride:
+            raise ValueError(
+                f"cannot resume the {self.split} loader: it read {state['tokens_per_step']:,} tokens per step, "
+                f"this run reads {self.stride:,}; keep --total_batch_size the same")
         shard, position = state["shard"], state["position"]
-        if not (0 <= shard < len(self.shards) and 0 <= position <= self.shards[shard]["tokens"] - self.stride - 1):
+        fits = 0 <= shard < len(self.shards) and 0 <= position <= self.shards[shard]["tokens"] - self.stride - 1
+        if not fits or state.get("shard_file", self.shards[shard]["file"]) != self.shards[shard]["file"]:
             raise ValueError(
                 f"loader state (shard {shard}, position {position}) does not fit the shards in "
                 f"{self.data_dir}; were they prepared again?"

@@ -10,40 +10,12 @@ without touching pyplot's global state. Each ``plot_*`` function returns the ``F
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-GPT2_124M_HELLASWAG = 0.2955
-CHANCE = 0.25
-
-
-def read_scalars(run_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar tag in the event files under ``run_dir`` (searched recursively) as ``(steps, values)``.
-
-    Events from all files are merged by step; where a step was logged twice (a resumed run) the later write wins.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder")
-    files = sorted(p for p in run_dir.rglob("*tfevents*") if p.is_file())
-    if not files:
-        raise FileNotFoundError(f"{run_dir}: no TensorBoard event files (*tfevents*) found")
-    events = defaultdict(list)
-    for file in files:
-        accumulator = EventAccumulator(str(file), size_guidance={SCALARS: 0})  # 0 = keep every event
-        accumulator.Reload()
-        for tag in accumulator.Tags()[SCALARS]:
-            events[tag] += [(e.wall_time, e.step, e.value) for e in accumulator.Scalars(tag)]
-    scalars = {}
-    for tag, rows in events.items():
-        by_step = {step: value for _, step, value in sorted(rows)}
-        steps = np.array(sorted(by_step))
-        scalars[tag] = (steps, np.array([by_step[s] for s in steps]))
-    return scalars
+from .checkpoint import read_scalars
+from .evaluation.hellaswag import CHANCE, GPT2_124M_HELLASWAG
 
 
 def new_figure(figsize=(8, 5), **subplot_kw):

@@ -1,27 +1,26 @@
-"""What ``scripts/train.py`` composes: its arguments, the LR schedule, batch arithmetic, MFU and checkpoints.
+"""The training run: its arguments, the LR schedule, and the loop itself (``setup`` -> ``fit``), callable from Python.
 
-The training loop itself lives in ``scripts/train.py`` (like build-nanogpt's ``train_gpt2.py``); everything here is
-a plain function or dataclass that the loop calls and the tests check on their own.
+    from minigpt_hf.training import parse_args, train
+    train(*parse_args(["--config", "configs/tiny.yaml"]))
 
-Checkpoint layout (one folder per save, written under a temporary name and renamed when complete)::
-
-    {output_dir}/checkpoints/step_000300/
-        config.json, generation_config.json, model.safetensors, tokenizer files, modeling code
-                                  -- a complete ``save_pretrained`` folder: AutoModelForCausalLM.from_pretrained(it)
-        trainer_state.json        -- step, world size, arguments, config hash, every rank's data loader position
-        training_state/           -- accelerator.save_state: optimizer.bin, scaler.pt (fp16), random_states_{rank}.pkl
+``minigpt train`` and ``accelerate launch scripts/train.py`` call exactly this. The loop follows build-nanogpt's
+``train_gpt2.py``; every optimisation is one visible line: TF32 matmuls, autocast (bf16, or fp16 with dynamic loss
+scaling), torch.compile, SDPA flash attention (in the model), fused AdamW on CUDA, gradient accumulation to
+``total_batch_size`` tokens with one all-reduce per optimizer step, clipping at 1.0 and a cosine LR set from the step
+number. At step s the model has taken s optimizer steps: validation, samples and checkpoints at step s describe that
+model, and the training loss logged at step s is that of update s. The run folder is :mod:`minigpt_hf.checkpoint`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import re
-import shutil
+import signal
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,13 +29,10 @@ import torch
 import yaml
 from transformers import HfArgumentParser
 
+from . import checkpoint as ckpt
 from .configuration_minigpt import PRESETS
-from .hub import redact
-from .saving import atomic_directory
+from .checkpoint import redact
 
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE_NAME = "trainer_state.json"
-TRAINING_STATE_DIR = "training_state"
 SAMPLE_PROMPT = "Hello, I'm a language model,"
 
 # Dense 16-bit tensor-core peaks (FLOP/s) by a substring of torch.cuda.get_device_name(). MFU is always measured
@@ -46,6 +42,9 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "T4": 65e12}
 # The config fields that fix the shape of the weights; a checkpoint resumes only into the same values.
 ARCHITECTURE_FIELDS = ("vocab_size", "tokenizer_vocab_size", "block_size", "n_layer", "n_head", "n_embd",
                        "mlp_ratio", "bias", "tie_word_embeddings")
+# What a resumed run must share with its checkpoint unless --allow_recipe_change (then the changes are logged).
+RECIPE_FIELDS = ("max_steps", "max_lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+                 "grad_clip", "mixed_precision", "seed", "total_batch_size")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -93,10 +92,15 @@ class DataArguments:
     data_source: Literal["embedded", "shards"] = field(
         default="embedded",
         metadata={"help": "embedded: prepare the bundled Shakespeare corpus in --data_dir when it has no manifest; "
-                          "shards: --data_dir must already hold shards (python scripts/prepare_data.py)"},
+                          "shards: --data_dir must already hold shards (minigpt prepare-data)"},
     )
     micro_batch_size: int = field(default=64, metadata={"help": "B: rows per forward pass, per process"})
     seq_len: int = field(default=1024, metadata={"help": "T: tokens per row"})
+
+    def __post_init__(self):
+        bad = [f"--{name} {getattr(self, name)}" for name in ("micro_batch_size", "seq_len") if getattr(self, name) < 1]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: must be at least 1")
 
 
 @dataclass
@@ -147,6 +151,13 @@ class TrainArguments:
     hub_model_id: str | None = field(
         default=None, metadata={"help": "USER/NAME of the Hub model repo (created if missing)"})
     hub_private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
+    hub_gpt2_copy: bool = field(
+        default=False, metadata={"help": "with --push_to_hub, also push a plain GPT-2 copy of each checkpoint "
+                                         "(GPT2LMHeadModel, no custom code) to the repo's gpt2/ folder"})
+    allow_recipe_change: bool = field(
+        default=False, metadata={"help": "resume although the recipe (learning rates, schedule, decay, betas, seed, "
+                                         "precision, batch, data) differs from the checkpoint's; the changes are "
+                                         "logged"})
 
     def __post_init__(self):
         if self.push_to_hub and not self.hub_model_id:
@@ -159,6 +170,12 @@ class TrainArguments:
         if self.mixed_precision not in ("no", "fp16", "bf16"):  # YAML reads a bare `no` as false
             raise ValueError(f"--mixed_precision {self.mixed_precision!r}: choose no, fp16 or bf16 (quote \"no\" in "
                              "YAML)")
+        if self.keep_last < 0:
+            raise ValueError(f"--keep_last {self.keep_last}: must be 0 (keep all) or more")
+        if self.max_lr <= 0:
+            raise ValueError(f"--max_lr {self.max_lr}: must be positive")
+        if self.hub_gpt2_copy and not self.push_to_hub:
+            raise ValueError("--hub_gpt2_copy needs --push_to_hub")
         if not 0 <= self.min_lr <= self.max_lr:
             raise ValueError(f"need 0 <= min_lr <= max_lr, got min_lr {self.min_lr}, max_lr {self.max_lr}")
         if self.warmup_steps is None and not 0 <= self.warmup_ratio < 1:
@@ -171,27 +188,77 @@ class TrainArguments:
         return self.warmup_steps if self.warmup_steps is not None else round(self.warmup_ratio * self.max_steps)
 
 
+_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _join_negative_numbers(argv: list[str]) -> list[str]:
+    """``--max_lr -1e-3`` as ``--max_lr=-1e-3``: argparse takes ``-1e-3`` for an option, not a value."""
+    out = []
+    for arg in argv:
+        if out and _NUMBER.fullmatch(arg) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
     """The three argument dataclasses from ``--config FILE.yaml`` and flags; a flag wins over the file."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainArguments))
-    parser.add_argument("--config", default=None, help="YAML file of the flags below; flags given too win")
+    argv = _join_negative_numbers(sys.argv[1:] if argv is None else list(argv))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainArguments), prog="minigpt train")
+    parser.add_argument("--config", default=None, help="YAML file of the flags below, or the name of a bundled one "
+                        f"({', '.join(bundled_configs())}); flags given too win")
     known, _ = parser.parse_known_args(argv)
     if known.config:
-        with open(known.config, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{known.config}: expected a mapping of flag names to values")
+        values = read_yaml(resolve_config(known.config))
         unknown = sorted(set(values) - {action.dest for action in parser._actions} - {"config"})
         if unknown:
-            raise ValueError(f"{known.config}: unknown keys {', '.join(unknown)}")
+            raise ValueError(f"{known.config}: unknown keys {', '.join(unknown)}; see minigpt train --help")
         parser.set_defaults(**values)
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(argv)[:3]
     return model_args, data_args, train_args
 
 
+CONFIGS_DIR = Path(__file__).parent / "configs"  # the repository's configs/, installed with the package
+
+
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def resolve_config(name: str) -> str:
+    """A config file's path: ``name`` itself if it exists, else the bundled ``configs/{name}.yaml``."""
+    if Path(name).exists() or not (CONFIGS_DIR / f"{Path(name).stem}.yaml").is_file() or os.sep in name:
+        return name
+    return str(CONFIGS_DIR / f"{Path(name).stem}.yaml")
+
+
+def read_yaml(path: str) -> dict:
+    """A YAML mapping; errors name the file (and the line) and what is expected."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark else path
+        raise ValueError(f"{where}: invalid YAML ({getattr(err, 'problem', None) or err}); fix the file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of flag names to values")
+    return values
+
+
 def flat_config(args: tuple) -> dict:
     """The argument dataclasses as one flat dict, for TensorBoard's hparams (which takes no None)."""
     return redact({k: "none" if v is None else v for a in args for k, v in dataclasses.asdict(a).items()})
+
+
+def recipe(train_args, data_args, manifest_hash: str) -> dict:
+    """What a resumed run must share with its checkpoint: the optimisation recipe and the data it reads."""
+    values = {name: getattr(train_args, name) for name in RECIPE_FIELDS}
+    values.update(warmup_steps=train_args.num_warmup_steps(), seq_len=data_args.seq_len, data=manifest_hash)
+    return values
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -263,70 +330,126 @@ def enable_cpu_fp16(accelerator) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# checkpoints
+# stopping on a signal
 
 
-def config_hash(config) -> str:
-    """A short hash of the architecture fields of a model config (see ``ARCHITECTURE_FIELDS``)."""
-    values = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+class StopOnSignal:
+    """SIGTERM (SLURM, Kubernetes, spot preemption) and Ctrl-C ask the run to stop after the current optimizer step,
+    with a checkpoint; a second Ctrl-C exits at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received is None:
+            print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                  "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+        self.received = signum
+
+    def agreed(self, accelerator) -> bool:
+        """Whether any rank was signalled (all ranks must stop at the same step, whichever got the signal)."""
+        if accelerator.num_processes == 1:
+            return self.received is not None
+        flag = torch.tensor([float(self.received is not None)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item())
 
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(step, folder)`` of the finished checkpoints in ``{output_dir}/checkpoints``, oldest first."""
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    found = [(int(m.group(1)), path) for path in root.glob("step_*")
-             if (m := re.fullmatch(r"step_(\d+)", path.name)) and (path / TRAINER_STATE_NAME).is_file()]
-    return sorted(found)
+# ----------------------------------------------------------------------------------------------------------------------
+# the pieces of a step
 
 
-def checkpoint_path(output_dir: str | os.PathLike, step: int) -> Path:
-    return Path(output_dir) / CHECKPOINTS_DIR / f"step_{step:06d}"
+def build_model(model_args):
+    """A fresh model of the preset (with overrides), or the weights of ``--init_from``."""
+    from .configuration_minigpt import MiniGPTConfig
+    from .modeling_minigpt import MiniGPTForCausalLM
+
+    if model_args.init_from is None:
+        return MiniGPTForCausalLM(MiniGPTConfig.from_preset(model_args.preset, **model_args.overrides()))
+    config_file = Path(model_args.init_from) / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "minigpt":
+        ckpt.verify_folder(model_args.init_from)
+        return MiniGPTForCausalLM.from_pretrained(model_args.init_from, dtype=torch.float32)
+    vocab_size = MiniGPTConfig.from_preset(model_args.preset).vocab_size  # 50304: GPT-2's vocabulary padded
+    return MiniGPTForCausalLM.from_gpt2(model_args.init_from, vocab_size=vocab_size)
 
 
-def resolve_checkpoint(spec: str | None, output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint to resume from: None for a fresh run, ``latest`` = the newest in output_dir (None if there is
-    none), or a folder, which must hold a trainer_state.json."""
-    if spec is None:
-        return None
-    if spec == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1][1] if checkpoints else None
-    path = Path(spec)
-    if not (path / TRAINER_STATE_NAME).is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint {spec}: not a checkpoint folder (no {TRAINER_STATE_NAME})")
-    return path
+def train_step(model, optimizer, loader, accelerator, grad_accum: int, lr: float, grad_clip: float):
+    """One optimizer step over `grad_accum` micro-batches; returns (mean loss, grad norm, skipped) with no host sync
+    before the step (the loss stays a tensor; fp16's overflow check is the scaler's own sync)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_accum = torch.zeros((), device=accelerator.device)
+    for _ in range(grad_accum):
+        x, y = loader.next_batch()
+        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        # accumulate(): DDP all-reduces only on the last micro-step; backward() divides the loss by grad_accum
+        with accelerator.accumulate(model):
+            loss = model(x, shift_labels=y).loss
+            loss_accum += loss.detach() / grad_accum
+            accelerator.backward(loss)
+    norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)  # unscales fp16 gradients first
+    scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else None
+    optimizer.step()  # through the GradScaler under fp16: skipped if any gradient is inf/nan
+    optimizer.zero_grad(set_to_none=True)
+    # A skipped step is one where the scaler backed off. (accelerator.optimizer_step_was_skipped misses it with fused
+    # AdamW: the GradScaler then always calls step() and lets the fused kernel skip the update.)
+    skipped = scale is not None and accelerator.scaler.get_scale() < scale
+    return loss_accum, norm, skipped
 
 
-def read_trainer_state(checkpoint: str | os.PathLike) -> dict:
-    return json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+@torch.no_grad()
+def evaluate(model, loader, accelerator, steps: int) -> float:
+    """Mean loss over `steps` validation batches per process, averaged over all processes."""
+    model.eval()
+    loader.reset()
+    loss = torch.zeros((), device=accelerator.device)
+    for _ in range(steps):
+        x, y = loader.next_batch()
+        loss += model(x.to(accelerator.device), shift_labels=y.to(accelerator.device)).loss / steps
+    model.train()
+    return accelerator.reduce(loss, reduction="mean").item()
 
 
-def check_resumable(state: dict, checkpoint: Path, world_size: int, config, total_batch_size: int) -> None:
-    """A ValueError naming what differs when this run cannot continue `checkpoint` exactly."""
-    if state["world_size"] != world_size:
-        raise ValueError(
-            f"{checkpoint} was saved by {state['world_size']} processes, this run has {world_size}: resume with "
-            f"--num_processes {state['world_size']} (data positions and RNG states are per process)")
-    if state["config_hash"] != config_hash(config):
-        saved = state["model_config"]
-        differ = [f"{k} {saved.get(k)} (now {getattr(config, k)})" for k in ARCHITECTURE_FIELDS
-                  if saved.get(k) != getattr(config, k)]
-        raise ValueError(f"{checkpoint} holds a different model: {', '.join(differ)}; use the same --preset and "
-                         "overrides as the run that saved it")
-    if state["args"]["train"]["total_batch_size"] != total_batch_size:
-        raise ValueError(f"{checkpoint} was trained with total_batch_size "
-                         f"{state['args']['train']['total_batch_size']:,}, this run asks {total_batch_size:,}")
+@torch.no_grad()
+def generate_samples(model, tokenizer, accelerator, train_args) -> list[str]:
+    """``num_samples`` top-k continuations of the prompt from the unwrapped, uncompiled model, seeded per rank as in
+    build-nanogpt; the global RNG is forked so that sampling leaves training's random stream untouched."""
+    from accelerate.utils import DistributedType
+
+    from .tokenization import EOT_ID
+
+    raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    ids = tokenizer(train_args.sample_prompt, return_tensors="pt").input_ids.to(accelerator.device)
+    ids = ids.repeat(train_args.num_samples, 1)
+    raw_model.eval()
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(42 + accelerator.process_index)
+        out = raw_model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=train_args.sample_top_k,
+            max_length=train_args.sample_max_length, pad_token_id=EOT_ID,
+            synced_gpus=accelerator.distributed_type == DistributedType.FSDP,  # sharded weights: ranks step together
+        )
+    raw_model.train()
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-def check_no_later_checkpoints(output_dir: str | os.PathLike, start_step: int) -> None:
-    """Refuse to start where this run would have to overwrite a finished checkpoint."""
-    later = [path for step, path in list_checkpoints(output_dir) if step > start_step]
-    if later:
-        hint = ("pass --resume_from_checkpoint latest or choose another --output_dir" if start_step == 0 else
-                "resume from the newest one, or choose another --output_dir")
-        raise FileExistsError(f"{Path(output_dir) / CHECKPOINTS_DIR} already holds {later[-1].name}, which this run "
-                              f"would overwrite; {hint}")
+# ----------------------------------------------------------------------------------------------------------------------
+# checkpoints of the run
 
 
 def skip_model_in_training_state(accelerator) -> None:
@@ -336,22 +459,23 @@ def skip_model_in_training_state(accelerator) -> None:
     accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
 
 
-def save_checkpoint(accelerator, model, tokenizer, path: Path, state: dict, loader_state: dict) -> None:
+def save_checkpoint(accelerator, model, tokenizer, path: Path, state: dict) -> None:
     """Write one checkpoint folder from every process (a collective: all ranks call it).
 
     The main process opens the folder under a temporary name; every rank writes into it (``save_state``: optimizer
-    and scaler from the main process, one RNG file per rank) and sends it its loader position; after a barrier the
-    main process writes the model and trainer_state.json, and the folder is renamed into place. An existing `path`
-    is never overwritten.
+    and scaler from the main process, one RNG file per rank); after a barrier the main process writes the model,
+    trainer_state.json and the ``COMPLETE`` marker, and the folder is fsynced and renamed into place. An existing
+    `path` is never overwritten.
     """
-    from accelerate.utils import broadcast_object_list, gather_object
+    import contextlib
 
-    loader_states = gather_object([loader_state])
+    from accelerate.utils import broadcast_object_list
+
     state_dict = accelerator.get_state_dict(model)  # a collective under FSDP; on the others a plain state_dict
     main = accelerator.is_main_process
-    with atomic_directory(path) if main else contextlib.nullcontext() as tmp:
+    with ckpt.atomic_directory(path) if main else contextlib.nullcontext() as tmp:
         tmp = Path(broadcast_object_list([str(tmp) if main else None])[0])
-        accelerator.save_state(str(tmp / TRAINING_STATE_DIR))
+        accelerator.save_state(str(tmp / ckpt.TRAINING_STATE_DIR))
         accelerator.wait_for_everyone()
         if main:
             # torch.compile names parameters "_orig_mod.<name>"; the saved model uses the plain names
@@ -359,30 +483,344 @@ def save_checkpoint(accelerator, model, tokenizer, path: Path, state: dict, load
             raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
             raw_model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
-            (tmp / TRAINER_STATE_NAME).write_text(json.dumps({**state, "loader_states": loader_states}, indent=2))
+            ckpt.write_trainer_state(tmp, state)
+            ckpt.mark_complete(tmp, {"step": state["step"]})
     accelerator.wait_for_everyone()
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` checkpoints (0 keeps all); return the deleted folders."""
-    checkpoints = list_checkpoints(output_dir)
-    doomed = [path for _, path in checkpoints[:-keep_last]] if keep_last > 0 else []
-    for path in doomed:
-        shutil.rmtree(path)
-    return doomed
+def architecture(config) -> dict:
+    return {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
 
 
-def trainer_state(step: int, world_size: int, grad_accum: int, skipped_steps: int, config, args: tuple) -> dict:
-    """The JSON-able part of the training state (the loader positions are added by ``save_checkpoint``)."""
-    model_args, data_args, train_args = args
+def check_resumable(state: dict, checkpoint: Path, config, run_recipe: dict, allow_change: bool) -> list[str]:
+    """The recipe changes this resume makes (logged), or a ValueError naming what differs when it cannot go on."""
+    if state["config_hash"] != ckpt.config_hash(architecture(config)):
+        saved = state["model_config"]
+        differ = [f"{k} {saved.get(k)} (now {getattr(config, k)})" for k in ARCHITECTURE_FIELDS
+                  if saved.get(k) != getattr(config, k)]
+        raise ValueError(f"{checkpoint} holds a different model: {', '.join(differ)}; use the same --preset and "
+                         "overrides as the run that saved it")
+    saved = state.get("recipe", {})
+    changes = [f"{k} {saved.get(k)} -> {v}" for k, v in run_recipe.items() if k in saved and saved[k] != v]
+    if changes and not allow_change:
+        raise ValueError(f"{checkpoint} was trained with another recipe: {'; '.join(changes)}; resume with the same "
+                         "arguments, or pass --allow_recipe_change to continue with these")
+    return changes
+
+
+def load_training_state(accelerator, checkpoint: Path, state: dict, seed: int) -> str | None:
+    """Optimizer, scaler and RNG of ``checkpoint``; with another world size (elastic resume), every rank's RNG is
+    re-seeded from (seed, step, rank) instead, and a line saying so is returned."""
+    from accelerate.utils import set_seed
+
+    folder = checkpoint / ckpt.TRAINING_STATE_DIR
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    elastic = state["world_size"] != world_size
+    rng_file = folder / f"random_states_{rank}.pkl"
+    if not elastic and not rng_file.is_file():
+        raise FileNotFoundError(f"{rng_file} is missing: rank {rank} cannot resume its random state; resume from "
+                                "another checkpoint")
+    accelerator.load_state(str(folder))
+    if elastic:
+        set_seed(seed + 1000 * state["step"] + rank)
+        return (f"elastic resume: {state['world_size']} -> {world_size} processes; the data continues from the same "
+                "token, random states re-seeded from (seed, step, rank)")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# setup -> fit
+
+
+@dataclass
+class Run:
+    """Everything :func:`fit` needs, built by :func:`setup`."""
+
+    args: tuple
+    accelerator: object
+    model: object
+    optimizer: object
+    tokenizer: object
+    train_loader: object
+    val_loader: object
+    hellaswag: list | None
+    start_step: int
+    grad_accum: int
+    skipped_steps: int
+    recipe: dict
+    flops: int
+    peak: float | None
+    lock: ckpt.FolderLock | None
+    pusher: object = None
+
+    def log(self, message: str) -> None:
+        """A line on stdout and in log.txt, from the main process."""
+        if self.accelerator.is_main_process:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stdout)
+            with (Path(self.args[2].output_dir) / ckpt.LOG_NAME).open("a", encoding="utf-8") as f:
+                f.write(message + "\n")
+
+
+def _take_run_folder(accelerator, output_dir: str) -> tuple[ckpt.FolderLock | None, list[Path]]:
+    """The main process locks ``output_dir`` and sweeps its leftovers; every rank learns whether that worked."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, error, swept = None, None, []
+    if accelerator.is_main_process:
+        try:
+            lock = ckpt.FolderLock(output_dir, "train").acquire()
+            swept = ckpt.sweep(output_dir)
+        except (OSError, RuntimeError) as err:
+            error = f"{type(err).__name__}: {err}"
+    error = broadcast_object_list([error])[0]
+    if error:
+        kind, message = error.split(": ", 1)
+        raise (NotADirectoryError if kind == "NotADirectoryError" else ckpt.FolderLockedError)(message)
+    return lock, swept
+
+
+def setup(model_args, data_args, train_args) -> Run:
+    """The accelerator, the run folder (locked), data, model, optimizer, and the state of a resumed run."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from .data import DistributedTokenLoader, ensure_embedded_shards, manifest_hash, read_manifest
+    from .modeling_minigpt import MiniGPTForCausalLM
+    from .tokenization import get_tokenizer
+
+    args = (model_args, data_args, train_args)
+    B, T = data_args.micro_batch_size, data_args.seq_len
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    accelerator = Accelerator(
+        mixed_precision=train_args.mixed_precision,
+        dynamo_backend="inductor" if train_args.compile else "no",
+        log_with="tensorboard",
+        project_dir=train_args.output_dir,
+    )
+    enable_cpu_fp16(accelerator)
+    rank, world_size, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != world_size:
+        raise ValueError(f"{launched} processes were launched but Accelerate runs {world_size}: without a GPU, "
+                         "launch with ACCELERATE_USE_CPU=1 (see accelerate_configs/README.md)")
+    grad_accum = grad_accum_steps(train_args.total_batch_size, B, T, world_size)
+    accelerator.gradient_accumulation_steps = grad_accum
+    lock, swept = _take_run_folder(accelerator, train_args.output_dir)
+    try:
+        checkpoint = ckpt.resolve_checkpoint(train_args.resume_from_checkpoint, train_args.output_dir)
+        state = ckpt.read_trainer_state(checkpoint) if checkpoint else None
+        start_step = state["step"] if state else 0
+        later = [path for step, path in ckpt.list_checkpoints(train_args.output_dir) if step > start_step]
+        if later:
+            hint = ("pass --resume_from_checkpoint latest or choose another --output_dir" if start_step == 0 else
+                    "resume from the newest one, or choose another --output_dir")
+            raise FileExistsError(f"{later[-1].parent} already holds {later[-1].name}, which this run would "
+                                  f"overwrite; {hint}")
+
+        # data: the embedded corpus is prepared on first use, by the main process while the others wait
+        if data_args.data_source == "embedded" and accelerator.is_main_process:
+            ensure_embedded_shards(data_args.data_dir)
+        accelerator.wait_for_everyone()
+        read_manifest(data_args.data_dir)  # a clear error when --data_source shards has nothing there
+        train_loader = DistributedTokenLoader(data_args.data_dir, "train", B, T, rank, world_size,
+                                              grad_accum=grad_accum)
+        val_loader = DistributedTokenLoader(data_args.data_dir, "val", B, T, rank, world_size)
+        run_recipe = recipe(train_args, data_args, manifest_hash(data_args.data_dir))
+        hellaswag = None
+        if train_args.hellaswag_path:
+            from .evaluation.hellaswag import load_hellaswag
+
+            hellaswag = load_hellaswag(train_args.hellaswag_path)
+
+        # model and optimizer
+        set_seed(train_args.seed)
+        model = build_model(model_args)
+        model.config.loss_chunk_size = model_args.loss_chunk_size  # a training-time memory lever, not architecture
+        if T > model.config.block_size:
+            raise ValueError(f"--seq_len {T} is longer than the model's block_size {model.config.block_size}")
+        changes = []
+        if state:
+            changes = check_resumable(state, checkpoint, model.config, run_recipe, train_args.allow_recipe_change)
+            model = MiniGPTForCausalLM.from_pretrained(checkpoint, config=model.config, dtype=torch.float32)
+        if train_args.gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        optimizer = torch.optim.AdamW(
+            model.optimizer_groups(train_args.weight_decay), lr=train_args.max_lr,
+            betas=(train_args.adam_beta1, train_args.adam_beta2), eps=train_args.adam_epsilon,
+            fused=device.type == "cuda",
+        )
+        flops, tokenizer = flops_per_token(model, T), get_tokenizer(model_max_length=model.config.block_size)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        skip_model_in_training_state(accelerator)
+        run = Run(args, accelerator, model, optimizer, tokenizer,
+                  train_loader, val_loader, hellaswag, start_step, grad_accum, 0, run_recipe, flops,
+                  peak_flops_per_device(device, train_args.peak_flops), lock)
+        elastic = None
+        if state:
+            elastic = load_training_state(accelerator, checkpoint, state, train_args.seed)
+            train_loader.load_state_dict(state["loader_state"])
+            run.skipped_steps = state["skipped_steps"]
+    except BaseException:
+        if lock:
+            lock.release()
+        raise
+
+    # logging: TensorBoard through Accelerate, log.txt and a progress bar on the main process
+    accelerator.init_trackers(ckpt.TENSORBOARD_DIR, config=flat_config(args))
+    if train_args.push_to_hub and accelerator.is_main_process:
+        from .hub import HubPusher
+
+        run.pusher = HubPusher(train_args.hub_model_id, private=train_args.hub_private,
+                               gpt2_copy=train_args.hub_gpt2_copy)
+    n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    run.log(f"world_size {world_size} | device {device} | mixed_precision {train_args.mixed_precision} | "
+            f"compile {train_args.compile} | distributed {accelerator.distributed_type.value}")
+    run.log(f"model {model_args.init_from or model_args.preset} | {n_params:,} parameters | "
+            f"{flops / 1e6:,.1f} MFLOP per token")
+    run.log(f"total_batch_size {train_args.total_batch_size:,} = B {B} x T {T} x world_size {world_size} x "
+            f"grad_accum {grad_accum} | max_steps {train_args.max_steps} | warmup {train_args.num_warmup_steps()}")
+    for path in swept:
+        run.log(f"removed {path.name}, left by an interrupted save or prune")
+    for path in ckpt.unfinished_checkpoints(train_args.output_dir):
+        run.log(f"ignoring {path}: an unfinished checkpoint (no {ckpt.COMPLETE_NAME} marker)")
+    if checkpoint:
+        run.log(f"resumed from {checkpoint} at step {start_step}")
+    elif train_args.resume_from_checkpoint == "latest":
+        run.log(f"no checkpoint in {train_args.output_dir} yet: starting at step 0")
+    for change in changes:
+        run.log(f"recipe change on resume (--allow_recipe_change): {change}")
+    if elastic:
+        run.log(elastic)
+    return run
+
+
+def fit(run: Run, stop: StopOnSignal | None = None) -> int:
+    """The loop: evaluate, sample and checkpoint on their schedules, one optimizer step at a time. A signal stops it
+    after the current step, with a checkpoint."""
+    from tqdm import tqdm
+
+    model_args, data_args, train_args = run.args
+    accelerator, model = run.accelerator, run.model
+    rank, main_process = accelerator.process_index, accelerator.is_main_process
+    max_steps, warmup = train_args.max_steps, train_args.num_warmup_steps()
+    bar = tqdm(total=max_steps, initial=run.start_step, unit="step", disable=not main_process, dynamic_ncols=True)
+    steps_since_log, saved_step = 0, run.start_step
+    for step in range(run.start_step, max_steps + 1):
+        last_step = step == max_steps
+        stopping = stop is not None and step > run.start_step and stop.agreed(accelerator)
+
+        if step % train_args.eval_every == 0 or last_step:
+            val_loss = evaluate(model, run.val_loader, accelerator, train_args.eval_steps)
+            accelerator.log({"val/loss": val_loss}, step=step)
+            run.log(f"step {step} | val {val_loss:.4f}")
+
+        if run.hellaswag and (step % train_args.hellaswag_every == 0 or last_step):
+            from .evaluation.hellaswag import evaluate_hellaswag
+
+            raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+            metrics = evaluate_hellaswag(raw_model, run.tokenizer, run.hellaswag, accelerator=accelerator,
+                                         limit=train_args.hellaswag_limit, progress=False)
+            accelerator.log({"hellaswag/acc": metrics["acc"], "hellaswag/acc_norm": metrics["acc_norm"]}, step=step)
+            run.log(f"step {step} | hellaswag acc {metrics['acc']:.4f} | acc_norm {metrics['acc_norm']:.4f} | "
+                    f"n {metrics['n']}")
+
+        if step % train_args.sample_every == 0 or last_step:
+            samples = generate_samples(model, run.tokenizer, accelerator, train_args)
+            lines = "\n".join(f"[rank {rank}] sample {i}: {text}" for i, text in enumerate(samples))
+            if main_process:
+                run.log(lines)
+            else:
+                print(lines, flush=True)
+            accelerator.log({"samples": "\n\n".join(f"    {text}" for text in samples)}, step=step)
+
+        if step > run.start_step and (step % train_args.save_every == 0 or last_step or stopping):
+            path = ckpt.checkpoint_path(train_args.output_dir, step)
+            save_checkpoint(accelerator, model, run.tokenizer, path, trainer_state(run, step))
+            saved_step = step
+            run.log(f"step {step} | saved {path}")
+            if run.pusher:
+                run.pusher.push(path, f"step {step}")
+            if main_process:
+                for pruned in ckpt.prune_checkpoints(train_args.output_dir, train_args.keep_last):
+                    run.log(f"step {step} | removed {pruned}")
+
+        if stopping and not last_step:
+            cause = signal.Signals(stop.received).name if stop.received else "a signal to another process"
+            line = (f"stopped by {cause} at step {step}: checkpoint "
+                    f"{ckpt.checkpoint_path(train_args.output_dir, saved_step)}; resume with the same command and "
+                    "--resume_from_checkpoint latest")
+            run.log(line) if main_process else print(f"[rank {rank}] {line}", flush=True)
+            break
+        if last_step:
+            break
+
+        if steps_since_log == 0:
+            t0 = time.time()
+        lr = get_lr(step, train_args.max_lr, train_args.min_lr, warmup, max_steps)
+        loss, norm, skipped = train_step(model, run.optimizer, run.train_loader, accelerator, run.grad_accum, lr,
+                                         train_args.grad_clip)
+        run.skipped_steps += skipped
+        steps_since_log += 1
+        bar.update(1)
+        if step % train_args.log_every == 0 or step == max_steps - 1:
+            loss = accelerator.reduce(loss, reduction="mean").item()  # the host sync, once per logged step
+            norm = norm.item()
+            dt = (time.time() - t0) / steps_since_log
+            steps_since_log = 0
+            tokens_per_sec = train_args.total_batch_size / dt
+            metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": norm, "train/step_time_ms": dt * 1000,
+                       "train/tokens_per_sec": tokens_per_sec}
+            line = (f"step {step} | loss {loss:.4f} | lr {lr:.1e} | norm {norm:.2f} | dt {dt * 1000:.0f}ms | "
+                    f"tok/s {tokens_per_sec:,.0f}")
+            if run.peak:
+                metrics["train/mfu"] = run.flops * tokens_per_sec / (run.peak * accelerator.num_processes)
+                line += f" | mfu {100 * metrics['train/mfu']:.1f}%"
+            if accelerator.scaler is not None:
+                metrics["train/loss_scale"] = accelerator.scaler.get_scale()
+                metrics["train/skipped_steps"] = run.skipped_steps
+                line += f" | scale {metrics['train/loss_scale']:g} | skipped {run.skipped_steps}"
+            accelerator.log(metrics, step=step)
+            run.log(line)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
+
+    bar.close()
+    if run.pusher:
+        for error in run.pusher.wait():
+            run.log(error)
+    accelerator.end_training()
+    return 0
+
+
+def trainer_state(run: Run, step: int) -> dict:
+    """The JSON-able training state of a checkpoint at ``step``."""
+    model_args, data_args, train_args = run.args
+    config = run.accelerator.unwrap_model(run.model).config
     return {
         "step": step,
-        "world_size": world_size,
-        "grad_accum_steps": grad_accum,
+        "world_size": run.accelerator.num_processes,
+        "grad_accum_steps": run.grad_accum,
         "tokens_seen": step * train_args.total_batch_size,
-        "skipped_steps": skipped_steps,
-        "config_hash": config_hash(config),
+        "skipped_steps": run.skipped_steps,
+        "config_hash": ckpt.config_hash(architecture(config)),
         "model_config": {name: getattr(config, name) for name in ARCHITECTURE_FIELDS + ("dropout",)},
+        "recipe": run.recipe,
+        "loader_state": run.train_loader.state_dict(),
         "args": redact({"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
                         "train": dataclasses.asdict(train_args)}),
     }
+
+
+def train(model_args, data_args, train_args) -> int:
+    """One training run (resumed if asked): 0 when it finished or stopped cleanly on a signal."""
+    with StopOnSignal() as stop:
+        run = setup(model_args, data_args, train_args)
+        try:
+            return fit(run, stop)
+        finally:
+            if run.lock:
+                run.lock.release()

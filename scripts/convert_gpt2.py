@@ -1,31 +1,8 @@
-#!/usr/bin/env python
-"""Convert an HF GPT-2 checkpoint (hub id such as ``gpt2``, or a local folder) into a MiniGPT model folder.
+"""Shim: the same as `minigpt convert` (so that `python scripts/convert_gpt2.py` and `accelerate launch scripts/convert_gpt2.py` work)."""
 
-    python scripts/convert_gpt2.py gpt2 out/gpt2-minigpt --vocab_size 50304
+import sys
 
-The folder is a complete ``save_pretrained`` layout (safetensors, config, modeling code, tokenizer): it loads with
-``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` even where minigpt_hf is not installed.
-"""
-
-import argparse
-
-from minigpt_hf import MiniGPTForCausalLM
-from minigpt_hf.cli import run
-from minigpt_hf.saving import save_model_folder
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="GPT-2 checkpoint: a hub id (gpt2, gpt2-medium, ...) or a local folder")
-    parser.add_argument("output", help="folder to write (must not exist unless --overwrite)")
-    parser.add_argument("--vocab_size", type=int, default=None, help="pad the vocabulary, e.g. 50304 (default: keep)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    args = parser.parse_args(argv)
-    model = MiniGPTForCausalLM.from_gpt2(args.source, vocab_size=args.vocab_size)
-    folder = save_model_folder(model, args.output, overwrite=args.overwrite)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {folder} ({n_params / 1e6:.1f}M parameters, vocab {model.config.vocab_size})")
-
+from minigpt_hf.commands.convert import main
 
 if __name__ == "__main__":
-    run(main)
+    sys.exit(main())

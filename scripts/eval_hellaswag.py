@@ -1,56 +1,8 @@
-"""HellaSwag accuracy of any causal LM, as in build-nanogpt: acc = lowest summed ending loss, acc_norm = lowest mean.
+"""Shim: the same as `minigpt eval-hellaswag` (so that `python scripts/eval_hellaswag.py` and `accelerate launch scripts/eval_hellaswag.py` work)."""
 
-    python scripts/eval_hellaswag.py --model gpt2 --data hellaswag_val.jsonl --output hellaswag.json
-    accelerate launch scripts/eval_hellaswag.py --model out/gpt2-124m/checkpoints/step_000953 --trust_remote_code
-
-Without --data the official validation file is downloaded once to --cache_dir (needs the network). Prints the metrics
-as JSON (and writes them to --output) on the main process.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from minigpt_hf.evaluation import add_model_args, evaluate_hellaswag, finish, load_hellaswag, load_model
-from minigpt_hf.evaluation.hellaswag import DEFAULT_CACHE_DIR, METRIC_DEFINITIONS, download_hellaswag
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(parser)
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: --model)")
-    parser.add_argument(
-        "--data", type=Path, default=None, help="HellaSwag .jsonl or datasets folder (default: download val)"
-    )
-    parser.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE_DIR, help="download folder (%(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
-    parser.add_argument("--output", type=Path, default=None, help="also write the JSON result to this file")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from accelerate import Accelerator
-    from transformers import AutoTokenizer
-
-    accelerator = Accelerator()
-    try:
-        with accelerator.main_process_first():  # only the main process downloads
-            data = args.data or download_hellaswag(args.cache_dir)
-        examples = load_hellaswag(data)
-        model = load_model(args.model, args.dtype, args.trust_remote_code, args.device or accelerator.device)
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        metrics = evaluate_hellaswag(model, tokenizer, examples, accelerator=accelerator, limit=args.limit)
-    except (OSError, ValueError) as err:
-        print(f"eval_hellaswag: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    result = {"model": args.model, "data": str(data), **metrics, "num_processes": accelerator.num_processes}
-    result["definitions"] = METRIC_DEFINITIONS
-    finish(accelerator, result, args.output)
-    return 0
-
+from minigpt_hf.commands.eval_hellaswag import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,48 +1,8 @@
-"""Mean validation loss and perplexity of any causal LM over uint16 token shards.
+"""Shim: the same as `minigpt eval-loss` (so that `python scripts/eval_loss.py` and `accelerate launch scripts/eval_loss.py` work)."""
 
-    python scripts/eval_loss.py --model out/gpt2-124m/checkpoints/step_000953 --data data/fineweb-edu --max_tokens 1000000
-    accelerate launch scripts/eval_loss.py --model gpt2 --data data/fineweb-edu/fineweb-edu_val_000000.npy
-
-Windows of T = min(--seq_len, the model's max positions) tokens; prints the result as JSON (and writes --output).
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from minigpt_hf.evaluation import add_model_args, evaluate_loss, finish, load_model, load_tokens
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(parser)
-    parser.add_argument("--data", type=Path, required=True, help="a .npy token shard, or a data folder of shards")
-    parser.add_argument("--split", default="val", help="which shards of a data folder (default: val)")
-    parser.add_argument("--max_tokens", type=int, default=None, help="use only the first N tokens")
-    parser.add_argument("--seq_len", type=int, default=None, help="window length (default: the model's maximum)")
-    parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: 8)")
-    parser.add_argument("--output", type=Path, default=None, help="also write the JSON result to this file")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from accelerate import Accelerator
-
-    accelerator = Accelerator()
-    try:
-        tokens = load_tokens(args.data, args.split, args.max_tokens)
-        model = load_model(args.model, args.dtype, args.trust_remote_code, args.device or accelerator.device)
-        metrics = evaluate_loss(model, tokens, args.seq_len, args.batch_size, accelerator=accelerator)
-    except (OSError, ValueError) as err:
-        print(f"eval_loss: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    result = {"model": args.model, "data": str(args.data), **metrics, "num_processes": accelerator.num_processes}
-    finish(accelerator, result, args.output)
-    return 0
-
+from minigpt_hf.commands.eval_loss import main
 
 if __name__ == "__main__":
     sys.exit(main())

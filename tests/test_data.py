@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, load_script
+from helpers import ROOT
+from minigpt_hf.commands import prepare_data as cli
 from minigpt_hf import data
 from minigpt_hf.tokenization import EOT_ID, get_encoding
 
@@ -94,25 +95,25 @@ def test_refuses_to_overwrite_without_the_flag(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     manifest = prepare(DOCS[:5], tmp_path, overwrite=True)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == sorted([s["file"] for s in manifest["shards"]] + ["manifest.json"])
+    assert files == sorted([s["file"] for s in manifest["shards"]] + ["manifest.json", data.DATA_LOCK_NAME])
     assert all_tokens(tmp_path, manifest).tolist() == np.concatenate([ids(d) for d in DOCS[:5]]).tolist()
 
 
 def test_an_interrupted_run_leaves_nothing_that_loads(tmp_path, monkeypatch):
     write, calls = data._write_shard, []
 
-    def crash_in_the_second_shard(path, tokens):
+    def crash_in_the_second_shard(path, tokens, tag):
         calls.append(path)
         if len(calls) == 2:
-            path.with_name(path.name + ".tmp").write_bytes(b"\x93NUMPY half a shard")
+            path.with_name(f".{path.name}.tmp-{tag}").write_bytes(b"\x93NUMPY half a shard")
             raise KeyboardInterrupt
-        write(path, tokens)
+        write(path, tokens, tag)
 
     monkeypatch.setattr(data, "_write_shard", crash_in_the_second_shard)
     with pytest.raises(KeyboardInterrupt):
         prepare(DOCS, tmp_path)
-    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
-    with pytest.raises(FileNotFoundError, match="prepare_data.py"):
+    assert len(calls) == 2 and [p.name for p in tmp_path.iterdir()] == [data.DATA_LOCK_NAME]
+    with pytest.raises(FileNotFoundError, match="minigpt prepare-data"):
         data.DistributedTokenLoader(tmp_path, "train", B=1, T=4)
 
 
@@ -261,15 +262,8 @@ def test_state_dict_round_trip_resumes_exactly(tmp_path):
     for _ in range(5):
         loader.next_batch()
     state = json.loads(json.dumps(loader.state_dict()))
-    assert state == {
-        "split": "train",
-        "shard": loader.shard,
-        "position": loader.position,
-        "B": 2,
-        "T": 4,
-        "world_size": 2,
-        "rank": 1,
-    }
+    assert state == {"split": "train", "shard": loader.shard, "position": loader.position, "tokens_per_step": 16,
+                     "shard_file": f"s_train_{loader.shard:06d}.npy"}
     expected = [loader.next_window().tolist() for _ in range(12)]
     resumed = data.DistributedTokenLoader(tmp_path, "train", 2, 4, rank=1, world_size=2)
     resumed.load_state_dict(state)
@@ -277,10 +271,49 @@ def test_state_dict_round_trip_resumes_exactly(tmp_path):
     other_rank = data.DistributedTokenLoader(tmp_path, "train", 2, 4, rank=0, world_size=2)
     other_rank.load_state_dict(state)  # the position is shared by all ranks
     assert other_rank.position == state["position"] and other_rank.shard == state["shard"]
-    with pytest.raises(ValueError, match=r"world_size=2 \(now 4\)"):
+    with pytest.raises(ValueError, match=r"read 16 tokens per step, this run reads 32"):
         data.DistributedTokenLoader(tmp_path, "train", 2, 4, world_size=4).load_state_dict(state)
-    with pytest.raises(ValueError, match=r"T=4 \(now 3\)"):
-        data.DistributedTokenLoader(tmp_path, "train", 2, 3, rank=1, world_size=2).load_state_dict(state)
+    with pytest.raises(RuntimeError, match="between optimizer steps"):
+        accumulating = data.DistributedTokenLoader(tmp_path, "train", 2, 4, grad_accum=2)
+        accumulating.next_batch()
+        accumulating.state_dict()
+
+
+def steps_of_windows(loaders, steps: int, grad_accum: int) -> list[set]:
+    """For each optimizer step, the set of (B, T+1) windows all ranks read, as tuples."""
+    out = []
+    for _ in range(steps):
+        seen = set()
+        for _ in range(grad_accum):
+            for loader in loaders:
+                seen.add(tuple(loader.next_window().flatten().tolist()))
+        out.append(seen)
+    return out
+
+
+def test_elastic_resume_reads_the_same_windows_on_another_world_size(tmp_path):
+    """2 -> 1 -> 2 processes at the same tokens per step (grad_accum 1 -> 2 -> 1): every optimizer step reads the
+    windows an uninterrupted 2-process run reads, across shard ends, with nothing repeated or skipped."""
+    write_split(tmp_path, [103, 77, 10, 50])
+    B, T = 2, 4
+
+    def world(W, state=None):
+        loaders = [data.DistributedTokenLoader(tmp_path, "train", B, T, rank=r, world_size=W, grad_accum=2 // W)
+                   for r in range(W)]
+        for loader in loaders:
+            if state:
+                loader.load_state_dict(state)
+        return loaders
+
+    straight = steps_of_windows(world(2), 12, 1)
+    two = world(2)
+    first = steps_of_windows(two, 4, 1)
+    one = world(1, two[0].state_dict())
+    middle = steps_of_windows(one, 5, 2)
+    again = world(2, one[0].state_dict())
+    last = steps_of_windows(again, 3, 1)
+    assert first + middle + last == straight
+    assert all(len(step) == 2 for step in straight)  # two distinct windows per step
 
 
 def test_bad_shards_are_named(tmp_path):
@@ -303,7 +336,7 @@ def test_bad_shards_are_named(tmp_path):
 
 def test_a_split_too_small_or_missing_is_an_error(tmp_path):
     write_split(tmp_path, [16, 12])
-    with pytest.raises(ValueError, match=r"needs B\*T\*world_size\+1 = 17 tokens.*largest has 16"):
+    with pytest.raises(ValueError, match=r"grad_accum=1 needs 17 tokens.*largest has 16"):
         data.DistributedTokenLoader(tmp_path, "train", 2, 4, world_size=2)
     with pytest.raises(ValueError, match="no 'val' shards"):
         data.DistributedTokenLoader(tmp_path, "val", 1, 4)
@@ -337,7 +370,6 @@ def test_embedded_corpus_is_english_and_prepares_itself(tmp_path):
 
 
 def test_cli_writes_shards_and_reports_errors_in_one_line(tmp_path, capsys):
-    cli = load_script("prepare_data")
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
     assert e.value.code == 0 and "--out_dir" in capsys.readouterr().out
@@ -358,7 +390,7 @@ def test_cli_writes_shards_and_reports_errors_in_one_line(tmp_path, capsys):
     manifest = data.read_manifest(tmp_path / "out")
     assert manifest["source"]["type"] == "files" and manifest["shards"][1]["file"] == "local_train_000000.npy"
     assert "documents" in capsys.readouterr().out
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
     assert cli.main(argv + ["--overwrite"]) == 0
@@ -369,12 +401,12 @@ def test_cli_process_exits_nonzero_without_a_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [
         sys.executable,
-        str(ROOT / "scripts" / "prepare_data.py"),
+        "-m", "minigpt_hf", "prepare-data",
         "--out_dir",
         str(tmp_path),
         "--input",
         str(tmp_path / "missing.jsonl"),
     ]
     result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: input {tmp_path / 'missing.jsonl'} does not exist"]

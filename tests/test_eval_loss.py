@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from helpers import launch_two, load_script
+from helpers import launch_two
+from minigpt_hf.commands import eval_loss as script
 from minigpt_hf.evaluation import context_length, evaluate_loss, load_tokens
 
 
@@ -97,14 +98,13 @@ def test_too_few_tokens_and_bad_ids_are_clear():
 
 
 def test_cli_writes_json_and_errors_are_one_line(model_dir, data_dir, tmp_path, capsys):
-    script = load_script("eval_loss")
     out = tmp_path / "loss.json"
     assert script.main(["--model", str(model_dir), "--data", str(data_dir), "--max_tokens", "250",
                         "--seq_len", "16", "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
     assert (result["n_windows"], result["seq_len"], result["num_processes"]) == (15, 16, 1)
-    assert script.main(["--model", str(model_dir), "--data", str(tmp_path / "missing.npy")]) == 1
+    assert script.main(["--model", str(model_dir), "--data", str(tmp_path / "missing.npy")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.npy" in err
     with pytest.raises(SystemExit) as exit_info:
@@ -116,11 +116,11 @@ def test_cli_writes_json_and_errors_are_one_line(model_dir, data_dir, tmp_path, 
 @pytest.mark.slow
 def test_two_processes_match_one(model_dir, data_dir, tmp_path):
     args = ["--model", str(model_dir), "--data", str(data_dir), "--seq_len", "16", "--batch_size", "3"]
-    proc = launch_two("eval_loss", [*args, "--output", tmp_path / "two.json"], timeout=300)
+    proc = launch_two("eval-loss", [*args, "--output", tmp_path / "two.json"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["num_processes"] == 2
-    assert load_script("eval_loss").main([*args, "--output", str(tmp_path / "one.json")]) == 0
+    assert script.main([*args, "--output", str(tmp_path / "one.json")]) == 0
     one = json.loads((tmp_path / "one.json").read_text())
     assert (two["n_tokens"], two["n_windows"]) == (one["n_tokens"], one["n_windows"]) == (288, 18)
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from helpers import launch_two, load_script
+from helpers import launch_two
+from minigpt_hf.commands import eval_hellaswag as script
 from minigpt_hf.evaluation import evaluate_hellaswag, load_hellaswag, score_example
 from minigpt_hf.tokenization import get_tokenizer
 
@@ -137,13 +138,13 @@ def test_acc_and_acc_norm_can_differ(tokenizer, data_file):
 
 def test_cli_writes_json(rigged_dir, data_file, tmp_path, capsys):
     out = tmp_path / "result.json"
-    assert load_script("eval_hellaswag").main(["--model", str(rigged_dir), "--data", str(data_file),
+    assert script.main(["--model", str(rigged_dir), "--data", str(data_file),
                                                "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
     assert (result["acc"], result["acc_norm"], result["n"], result["num_processes"]) == (6 / 7, 1.0, 7, 1)
     assert "summed" in result["definitions"]["acc"] and "mean" in result["definitions"]["acc_norm"]
-    assert load_script("eval_hellaswag").main(["--model", str(rigged_dir), "--data", str(data_file),
+    assert script.main(["--model", str(rigged_dir), "--data", str(data_file),
                                                "--limit", "2", "--output", str(out)]) == 0
     assert json.loads(out.read_text())["n"] == 2
 
@@ -153,14 +154,14 @@ def test_cli_user_errors_are_one_line(rigged_dir, tmp_path, capsys, content, mes
     path = tmp_path / "hs.jsonl"
     if content is not None:
         path.write_text(content)
-    assert load_script("eval_hellaswag").main(["--model", str(rigged_dir), "--data", str(path)]) == 1
+    assert script.main(["--model", str(rigged_dir), "--data", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
 
 
 def test_cli_help():
     with pytest.raises(SystemExit) as exit_info:
-        load_script("eval_hellaswag").main(["--help"])
+        script.main(["--help"])
     assert exit_info.value.code == 0
 
 
@@ -168,12 +169,12 @@ def test_cli_help():
 @pytest.mark.slow
 def test_two_processes_match_one(rigged_dir, data_file, tmp_path):
     out = tmp_path / "two.json"
-    proc = launch_two("eval_hellaswag", ["--model", rigged_dir, "--data", data_file, "--output", out], timeout=300)
+    proc = launch_two("eval-hellaswag", ["--model", rigged_dir, "--data", data_file, "--output", out], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(out.read_text())
     assert two["num_processes"] == 2
     one = tmp_path / "one.json"
-    assert load_script("eval_hellaswag").main(["--model", str(rigged_dir), "--data", str(data_file),
+    assert script.main(["--model", str(rigged_dir), "--data", str(data_file),
                                                "--output", str(one)]) == 0
     one = json.loads(one.read_text())
     assert {k: two[k] for k in ("acc", "acc_norm", "n")} == {k: one[k] for k in ("acc", "acc_norm", "n")}

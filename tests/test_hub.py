@@ -3,7 +3,6 @@ the token never written, and failures that are reported without touching the che
 
 import hashlib
 import json
-import runpy
 import shutil
 import subprocess
 import sys
@@ -18,21 +17,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt_hf.data import EMBEDDED_SOURCE
-from minigpt_hf.hub import (
-    HubError,
-    HubPusher,
-    card_info_from_checkpoint,
-    files_to_upload,
-    make_model_card,
-    push_folder,
-    redact,
-    write_model_card,
-)
-from minigpt_hf.saving import save_model_folder
-from minigpt_hf.training import parse_args, trainer_state
+from minigpt_hf.checkpoint import mark_complete, redact, save_model_folder, write_trainer_state
+from minigpt_hf.commands import push as push_command
+from minigpt_hf.hub import HubError, HubPusher, files_to_upload, push_folder
+from minigpt_hf.model_card import card_info_from_checkpoint, make_model_card, write_model_card
+from minigpt_hf.training import parse_args, recipe
 
 ROOT = Path(__file__).parents[1]
-SCRIPT, CONFIGS = ROOT / "scripts" / "push_to_hub.py", ROOT / "configs"
+CONFIGS = ROOT / "configs"
 FAKE_TOKEN = "hf_fakeTokenForTests0123456789abcdefXYZ"
 INFO = {
     "repo_id": "someone/minigpt-tiny",
@@ -53,7 +45,7 @@ def model():
 
 @pytest.fixture
 def checkpoint(tmp_path, model):
-    """A checkpoint as scripts/train.py leaves it: the model folder, trainer_state.json and training_state/ in
+    """A checkpoint as the trainer leaves it: the model folder, trainer_state.json and training_state/ in
     {output_dir}/checkpoints/step_000020, TensorBoard scalars in {output_dir}/tensorboard (also after step 20)."""
     run = tmp_path / "run"
     # the batch and schedule are pinned here so that retuning tiny.yaml does not change the expected card
@@ -63,8 +55,11 @@ def checkpoint(tmp_path, model):
     folder = save_model_folder(model, run / "checkpoints" / "step_000020")
     (folder / "training_state").mkdir()
     (folder / "training_state" / "optimizer.bin").write_bytes(b"\0" * 1000)
-    state = trainer_state(20, 1, 1, 0, model.config, args)
-    (folder / "trainer_state.json").write_text(json.dumps({**state, "loader_states": [{}]}))
+    model_args, data_args, train_args = args
+    write_trainer_state(folder, {"step": 20, "world_size": 1, "grad_accum_steps": 1, "tokens_seen": 20 * 512,
+                                 "recipe": recipe(train_args, data_args, "0" * 16),
+                                 "args": {"model": vars(model_args), "data": vars(data_args), "train": vars(train_args)}})
+    mark_complete(folder)
     with SummaryWriter(run / "tensorboard") as writer:
         for step, loss, acc_norm in ((10, 9.5, 0.22), (20, 8.75, 0.27), (30, 8.0, 0.3)):
             writer.add_scalar("val/loss", loss, step)
@@ -92,7 +87,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def push_to_hub(*argv) -> int:
-    return runpy.run_path(str(SCRIPT), run_name="push_to_hub")["main"]([str(a) for a in argv])
+    return push_command.main([str(a) for a in argv])
 
 
 # ---------------------------------------------------------------------------------------------- the pushed folder
@@ -216,7 +211,7 @@ def test_the_token_is_never_written_or_printed(monkeypatch, checkpoint, capsys):
     assert push_to_hub(checkpoint, "--repo-id", "someone/tiny", "--dry-run", "--update-card") == 0
     before = snapshot(checkpoint)
     # a real push: HF_HUB_OFFLINE makes the Hub unreachable; the error is one line, the folder unchanged
-    assert push_to_hub(checkpoint, "--repo-id", "someone/tiny", "--update-card") == 1
+    assert push_to_hub(checkpoint, "--repo-id", "someone/tiny", "--update-card") == 2
     out, err = capsys.readouterr()
     assert "error: could not create someone/tiny" in err and "HF_HUB_OFFLINE" in err and len(err.splitlines()) == 1
     assert snapshot(checkpoint) == before
@@ -246,7 +241,7 @@ def test_missing_token_is_one_clear_line_and_the_folder_is_untouched(tmp_path, c
     before = snapshot(checkpoint)
     env = {k: v for k, v in offline_env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     env["HF_HOME"] = str(tmp_path / "hf_home")  # no stored login
-    res = subprocess.run([sys.executable, str(SCRIPT), str(checkpoint), "--repo-id", "someone/tiny"],
+    res = subprocess.run([sys.executable, "-m", "minigpt_hf", "push", str(checkpoint), "--repo-id", "someone/tiny"],
                          env=env, capture_output=True, text=True)
     assert res.returncode != 0
     assert res.stderr.strip().splitlines() == [
@@ -286,7 +281,7 @@ def test_pusher_uploads_exactly_files_to_upload_in_the_background(monkeypatch, c
     assert api.calls[0][2] == {"token": FAKE_TOKEN, "private": True, "exist_ok": True}
     every_file = [p.relative_to(checkpoint).as_posix() for p in checkpoint.rglob("*") if p.is_file()]
     for _, _, kwargs in api.calls[1:]:
-        uploaded = sorted(filter_repo_objects(every_file, allow_patterns=kwargs["allow_patterns"]))
+        uploaded = sorted(filter_repo_objects(every_file, ignore_patterns=kwargs["ignore_patterns"]))
         assert uploaded == [name for name, _ in files_to_upload(checkpoint)] and "README.md" in uploaded
     assert api.calls[2][2]["commit_message"] == "step 20 again"
     card = (checkpoint / "README.md").read_text()  # written by the first push, from the checkpoint and its run
@@ -301,7 +296,7 @@ def test_pusher_reports_an_unreachable_hub_without_raising(monkeypatch, checkpoi
     pusher = HubPusher("someone/tiny")  # HF_HUB_OFFLINE=1 (conftest): every Hub call fails at once
     assert pusher.push(checkpoint, "step 20") is not None
     (error,) = pusher.wait(timeout=60)
-    assert "could not create someone/tiny" in error and "push it later: python scripts/push_to_hub.py" in error
+    assert "could not create someone/tiny" in error and "push it later: minigpt push" in error
     assert FAKE_TOKEN not in error
     after = snapshot(checkpoint)
     assert after.pop("README.md") and after == before

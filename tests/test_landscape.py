@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from helpers import load_script
+from minigpt_hf.commands import landscape as script
 from minigpt_hf.evaluation import make_windows
 from minigpt_hf.landscape import filter_normalized_direction, loss_landscape, plot_landscape
 
@@ -76,7 +76,6 @@ def test_cli(tmp_path, capsys):
     tiny_model().save_pretrained(checkpoint)
     get_tokenizer().save_pretrained(checkpoint)
     np.save(tmp_path / "shard_val_000000.npy", tokens())
-    script = load_script("loss_landscape")
     args = ["--grid", "3", "--batch_size", "2", "--seq_len", "16", "--device", "cpu"]
     assert script.main([str(checkpoint), "--data", str(tmp_path / "shard_val_000000.npy"), *args,
                         "--out", str(tmp_path / "out")]) == 0
@@ -88,7 +87,7 @@ def test_cli(tmp_path, capsys):
                         "--out", str(tmp_path / "text_out")]) == 0
     assert (tmp_path / "text_out" / "landscape_surface.png").exists()
     capsys.readouterr()
-    assert script.main([str(checkpoint), "--data", str(tmp_path / "missing.npy"), *args]) == 1
+    assert script.main([str(checkpoint), "--data", str(tmp_path / "missing.npy"), *args]) == 2
     err = capsys.readouterr().err.strip()  # after transformers' "Loading weights" bar
     assert "Traceback" not in err and "missing.npy" in err.splitlines()[-1]
     with pytest.raises(SystemExit) as exit_info:

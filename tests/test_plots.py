@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from helpers import load_script
+from minigpt_hf.commands import plot as script
 from minigpt_hf.plotting import CHANCE, GPT2_124M_HELLASWAG, plot_training, read_scalars
 
 STEPS = list(range(0, 50, 5))
@@ -93,11 +93,10 @@ def test_missing_tags_are_skipped_with_a_note(tmp_path, capsys):
 
 
 def test_cli(run_dir, tmp_path, capsys):
-    script = load_script("plot_training")
     assert script.main([str(run_dir), "--out", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
     (tmp_path / "empty").mkdir()
-    assert script.main([str(tmp_path / "empty")]) == 1
+    assert script.main([str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no TensorBoard event files" in err
     with pytest.raises(SystemExit) as exit_info:

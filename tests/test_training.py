@@ -18,24 +18,15 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-from helpers import ROOT, launch_two, load_script
+from helpers import ROOT, launch_two
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM
+from minigpt_hf.checkpoint import list_checkpoints
+from minigpt_hf.commands import train as train_script
 from minigpt_hf.data import DistributedTokenLoader, ensure_embedded_shards
-from minigpt_hf.training import (
-    enable_cpu_fp16,
-    flops_per_token,
-    get_lr,
-    grad_accum_steps,
-    list_checkpoints,
-    parse_args,
-    peak_flops_per_device,
-)
+from minigpt_hf import training
+from minigpt_hf.training import enable_cpu_fp16, flops_per_token, get_lr, grad_accum_steps, parse_args, peak_flops_per_device
 
 SMALL_MODEL = ["--preset", "tiny", "--n_layer", "2", "--n_embd", "64", "--block_size", "64"]
-
-
-
-train_script = load_script("train")
 
 
 @pytest.fixture(autouse=True)
@@ -78,10 +69,10 @@ def weights(checkpoint):
 
 def run_error(argv, capsys):
     """Run the trainer in-process; return its stderr, checking it failed with one line and no traceback."""
-    assert train_script.main(argv) == 1
+    assert train_script.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
-    assert err.startswith("train.py: error: ") and "\n" not in err, err
+    assert err.startswith("error: ") and "\n" not in err, err
     return err
 
 
@@ -235,7 +226,7 @@ def test_single_process_run_checkpoints_and_logs(shakespeare, tmp_path, capsys):
     assert not any(name.startswith(".") for name in os.listdir(out / "checkpoints"))  # no temporary folders left
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert (state["step"], state["world_size"], state["grad_accum_steps"]) == (4, 1, 2)
-    assert state["loader_states"][0]["position"] == 4 * 256
+    assert state["loader_state"]["position"] == 4 * 256
     log = (out / "log.txt").read_text()
     assert "world_size 1" in log and "step 3 | loss " in log and "| tok/s " in log
     assert "[rank 0] sample 0: Hello, I'm a language model," in stdout
@@ -363,19 +354,19 @@ def test_fp16_overflow_skips_the_step_and_lowers_the_scale(shakespeare, fused):
     accelerator, model, optimizer = small_prepared("fp16", fused)
     assert accelerator.scaler is not None and accelerator.native_amp
     loader = DistributedTokenLoader(shakespeare, "train", 1, 16)
-    loss, norm, skipped = train_script.train_step(model, optimizer, loader, accelerator, 2, 1e-3, 1.0)
+    loss, norm, skipped = training.train_step(model, optimizer, loader, accelerator, 2, 1e-3, 1.0)
     assert not skipped and torch.isfinite(norm) and accelerator.scaler.get_scale() == 65536.0
 
     weight = model.transformer.h[0].mlp.c_fc.weight
     hook = weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss, norm, skipped = train_script.train_step(model, optimizer, loader, accelerator, 2, 1e-3, 1.0)
+    loss, norm, skipped = training.train_step(model, optimizer, loader, accelerator, 2, 1e-3, 1.0)
     hook.remove()
     assert skipped and not torch.isfinite(norm)
     assert accelerator.scaler.get_scale() == 32768.0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no weight moved
 
-    loss, norm, skipped = train_script.train_step(model, optimizer, loader, accelerator, 2, 1e-3, 1.0)
+    loss, norm, skipped = training.train_step(model, optimizer, loader, accelerator, 2, 1e-3, 1.0)
     assert not skipped and torch.isfinite(loss) and not torch.equal(before["transformer.h.0.mlp.c_fc.weight"], weight)
 
 
@@ -405,9 +396,9 @@ def test_unwrap_of_a_compiled_model_needs_keep_torch_compile_false():
 
 @pytest.mark.slow
 def test_quick_start_command(tmp_path, offline_env):
-    """`python scripts/train.py --config configs/tiny.yaml`, shortened: prepares the embedded corpus, trains,
+    """`minigpt train --config configs/tiny.yaml`, shortened: prepares the embedded corpus, trains,
     evaluates, samples and checkpoints, from a fresh working directory."""
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+    cmd = [sys.executable, "-m", "minigpt_hf", "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
            "--max_steps", "2", "--warmup_steps", "1", "--eval_steps", "1", "--sample_max_length", "16"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=offline_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -461,7 +452,7 @@ def test_two_processes_train_and_save_a_loadable_model(straight_run):
     checkpoint = out / "checkpoints" / "step_000006"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["grad_accum_steps"] == 2
-    assert [s["rank"] for s in state["loader_states"]] == [0, 1]
+    assert state["loader_state"]["tokens_per_step"] == 512
     assert sorted(p.name for p in (checkpoint / "training_state").glob("random_states_*.pkl")) == [
         "random_states_0.pkl", "random_states_1.pkl"]
     from transformers import AutoModelForCausalLM
@@ -485,7 +476,7 @@ def test_two_process_resume_is_exact(straight_run, shakespeare, tmp_path, offlin
     assert scalars(out, "val/loss")[6] == scalars(resumed, "val/loss")[6]
     a, b = weights(out / "checkpoints" / "step_000006"), weights(resumed / "checkpoints" / "step_000006")
     assert all(torch.equal(a[name], b[name]) for name in a)
-    loaders = [json.loads((d / "checkpoints/step_000006/trainer_state.json").read_text())["loader_states"]
+    loaders = [json.loads((d / "checkpoints/step_000006/trainer_state.json").read_text())["loader_state"]
                for d in (out, resumed)]
     assert loaders[0] == loaders[1]
 

@@ -1,8 +1,8 @@
 """Evaluation that works on any ``AutoModelForCausalLM``: HellaSwag accuracy and validation loss.
 
 Both evaluations shard their work over the processes of an ``accelerate`` launch and gather the per-example results,
-so the metrics of a multi-process run equal those of a single process. :func:`load_model` and :func:`add_model_args`
-are the shared pieces of the command lines in ``scripts/``.
+so the metrics of a multi-process run equal those of a single process. :func:`load_model`, :func:`parse_dtype` and
+:func:`add_model_args` are the shared pieces of the commands.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 from .hellaswag import evaluate_hellaswag, load_hellaswag, score_example
 from .loss import context_length, evaluate_loss, load_tokens, make_windows, token_losses
 
-DTYPES = ("float32", "bfloat16", "float16", "auto")
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
+          "float16": "float16", "auto": "auto"}
 
 __all__ = [
     "add_model_args",
@@ -25,13 +26,24 @@ __all__ = [
     "load_model",
     "load_tokens",
     "make_windows",
+    "parse_dtype",
     "score_example",
     "token_losses",
 ]
 
 
+def parse_dtype(name: str):
+    """A weight dtype by name (fp32, bf16, fp16 or torch's float32, bfloat16, float16; or auto) -> torch.dtype
+    ('auto' stays the string). The one table of dtype names in the package."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r}: use one of fp32, bf16, fp16, auto")
+    return DTYPES[name] if name == "auto" else getattr(torch, DTYPES[name])
+
+
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) -> None:
-    """Add the model flags the scripts share: the model (``--model`` or positional), ``--trust_remote_code``,
+    """Add the model flags the commands share: the model (``--model`` or positional), ``--trust_remote_code``,
     ``--dtype`` and ``--device``."""
     help_model = "checkpoint folder or hub id, loaded with AutoModelForCausalLM.from_pretrained"
     if positional:
@@ -39,22 +51,31 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) ->
     else:
         parser.add_argument("--model", required=True, help=help_model)
     parser.add_argument("--trust_remote_code", action="store_true", help="allow modeling code saved with the model")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="weight dtype (default: float32)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weight dtype (default: fp32)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: cuda if available, else cpu)")
 
 
-def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = False, device=None):
-    """``AutoModelForCausalLM.from_pretrained(name)`` in eval mode, in ``dtype``, moved to ``device`` if given."""
-    import torch
+def load_model(name: str, dtype: str = "fp32", trust_remote_code: bool = False, device=None):
+    """``AutoModelForCausalLM.from_pretrained(name)`` in eval mode, in ``dtype``, moved to ``device`` if given.
+
+    A local folder is checked first (:func:`minigpt_hf.checkpoint.verify_folder`: an unfinished or truncated
+    checkpoint is named as such); weights that cannot be read are a ValueError naming the folder.
+    """
     from transformers import AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if str(name).startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"{name}: no such model folder; pass a checkpoint folder or a hub id")
-    model = AutoModelForCausalLM.from_pretrained(
-        name, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code
-    )
+    from ..checkpoint import verify_folder
+
+    torch_dtype = parse_dtype(dtype)
+    local = Path(name).expanduser()
+    if local.exists() or str(name).startswith((".", "/", "~")):
+        verify_folder(local)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        raise
+    except Exception as err:  # safetensors' SafetensorError and friends: a damaged weight file
+        raise ValueError(f"{name}: cannot read the weights ({type(err).__name__}: {err}); the file is damaged, "
+                         "use another checkpoint") from None
     if device is not None:
         model.to(device)
     return model.eval()

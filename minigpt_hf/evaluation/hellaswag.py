@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+GPT2_124M_HELLASWAG = 0.2955  # OpenAI's GPT-2 124M, acc_norm on the validation split (build-nanogpt's figure)
+CHANCE = 0.25
 DEFAULT_CACHE_DIR = Path("~/.cache/minigpt_hf/hellaswag").expanduser()
 METRIC_DEFINITIONS = {
     "acc": "fraction of examples whose lowest summed ending loss is the labelled ending",

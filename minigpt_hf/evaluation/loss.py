@@ -15,32 +15,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
-def _load_shard(path: Path) -> np.ndarray:
-    """One shard, memory-mapped; ``ValueError`` unless it is a 1-D uint16 ``.npy`` array."""
-    try:
-        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{path}: not a .npy token shard ({err})") from None
-    if not isinstance(tokens, np.ndarray) or tokens.dtype != np.uint16 or tokens.ndim != 1:
-        raise ValueError(f"{path}: expected a 1-D uint16 token array, got {tokens.ndim}-D {tokens.dtype}")
-    return tokens
-
-
 def load_tokens(path, split: str = "val", max_tokens: int | None = None) -> np.ndarray:
-    """Tokens of one ``.npy`` shard, or of a data folder's ``{prefix}_{split}_{index:06d}.npy`` shards in order,
+    """Tokens of one ``.npy`` shard, or of a data folder's ``split`` shards in the order its manifest lists them,
     stopping after ``max_tokens``. A single shard stays memory-mapped."""
+    from ..data import load_shard, split_shards
+
     path = Path(path)
     if path.is_dir():
-        shards = sorted(path.glob(f"*_{split}_{'[0-9]' * 6}.npy"))
-        if not shards:
-            raise FileNotFoundError(f"{path}: no '{split}' shards (*_{split}_NNNNNN.npy)")
+        shards = split_shards(path, split)
     elif path.is_file():
         shards = [path]
     else:
         raise FileNotFoundError(f"{path}: no such token shard or data folder")
     parts, total = [], 0
     for shard in shards:
-        tokens = _load_shard(shard)
+        tokens = load_shard(shard)
         if max_tokens is not None:
             tokens = tokens[: max_tokens - total]
         parts.append(tokens)

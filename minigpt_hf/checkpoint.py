@@ -1,0 +1,451 @@
+"""The run directory on disk: its layout, the training state, and writes that a crash can never leave half-done.
+
+This is the only module that knows the layout; the trainer, the Hub pusher, the plots and the evaluations read
+through it::
+
+    {output_dir}/
+        run.lock                 -- held (flock) by the run's main process for the whole run; who holds it, inside
+        log.txt, tensorboard/
+        checkpoints/step_000300/ -- finished: holds COMPLETE, written last (the files and their sizes)
+            config.json, model.safetensors, generation_config.json, tokenizer files, modeling code
+            trainer_state.json   -- step, world size, the recipe, the data manifest's hash, every rank's loader state
+            training_state/      -- accelerator.save_state: optimizer.bin, scaler.pt (fp16), random_states_{rank}.pkl
+        checkpoints/.step_000300.tmp-*   a save in progress (swept on start: only this run can own it)
+        checkpoints/.trash-step_000100-* a pruned checkpoint being deleted (swept on start)
+
+Guarantees: a folder is published by one ``rename`` after its files and the folder itself are fsynced, so a kill or
+a power loss shows the old state or the new one; a checkpoint counts as finished only with its ``COMPLETE`` marker
+(also after a copy), and the marker's file sizes catch a truncated weight file; pruning renames a checkpoint out of
+the way before deleting it; a save never replaces a finished checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE_NAME = "trainer_state.json"
+TRAINING_STATE_DIR = "training_state"
+COMPLETE_NAME = "COMPLETE"
+LOCK_NAME = "run.lock"
+LOG_NAME = "log.txt"
+TENSORBOARD_DIR = "tensorboard"
+TRAINER_STATE_KEYS = ("step", "world_size", "grad_accum_steps", "config_hash", "model_config", "recipe", "args",
+                      "loader_state", "skipped_steps")
+_STEP_NAME = re.compile(r"step_(\d+)")
+
+
+class IncompleteCheckpointError(ValueError):
+    """A checkpoint folder that was never finished, or whose files no longer match what was written."""
+
+
+class FolderLockedError(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# durable, atomic writes
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file under ``path``, then every folder bottom-up (so their entries are on disk too)."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(root))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a unique temporary name beside ``path``, fsync it, and rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary; the file gets the usual mode
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``path``; never over a non-empty ``path`` (FileExistsError)."""
+    fsync_tree(tmp)
+    try:
+        os.rename(tmp, path)  # replaces an empty folder at most; fails on one with files in it
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(f"{path} already exists and is not replaced; choose another name") from None
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary folder beside ``path`` that becomes ``path`` when the block exits without error.
+
+    An existing ``path`` is an error unless ``overwrite``; then it is moved aside only once the new folder is
+    complete, and deleted after the new one is in place. On any error (a full disk, a signal) the temporary folder
+    is removed and ``path`` is as it was.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a folder; choose another output path")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another output folder or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        tmp.chmod(0o777 & ~_umask())
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.time_ns()}")
+            os.rename(path, old)
+        publish(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def mark_complete(folder: Path, info: dict | None = None) -> None:
+    """Write the ``COMPLETE`` marker last: every file's size, so a truncated or missing file is detected later."""
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != COMPLETE_NAME}
+    write_text_atomic(folder / COMPLETE_NAME, json.dumps({**(info or {}), "files": files}, indent=1) + "\n")
+
+
+def is_complete(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / COMPLETE_NAME).is_file()
+
+
+def verify_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` if it is a usable model folder; else an error naming it and what to do.
+
+    A folder written by this package (it has a ``COMPLETE`` marker, or a ``trainer_state.json``) must be finished
+    and every file must have the size the marker records. Any other folder with a ``config.json`` (a GPT-2 download,
+    a folder from elsewhere) is taken as it is.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder; pass a checkpoint folder")
+    marker = folder / COMPLETE_NAME
+    if not marker.is_file():
+        if (folder / TRAINER_STATE_NAME).exists() or (folder / TRAINING_STATE_DIR).exists():
+            raise IncompleteCheckpointError(
+                f"{folder} is an unfinished checkpoint (no {COMPLETE_NAME} marker: a save or a prune was "
+                "interrupted); use another checkpoint")
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a model folder (no config.json); pass a checkpoint folder")
+        return folder
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        raise IncompleteCheckpointError(f"{marker} is damaged; use another checkpoint") from None
+    for name, size in recorded.items():
+        path = folder / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            what = "is missing" if actual is None else f"has {actual:,} bytes, {size:,} were written"
+            raise IncompleteCheckpointError(f"{path} {what} (truncated or damaged); use another checkpoint")
+    return folder
+
+
+def save_model_folder(model, path, tokenizer=None, overwrite: bool = False, **save_kwargs) -> Path:
+    """``save_pretrained`` the model (safetensors, config, generation config, modeling code) and the tokenizer
+    (the bundled GPT-2 one by default) into ``path``, atomically, marked complete."""
+    if tokenizer is None:
+        from .tokenization import get_tokenizer
+
+        tokenizer = get_tokenizer(model_max_length=model.config.max_position_embeddings)
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, **save_kwargs)
+        tokenizer.save_pretrained(tmp)
+        mark_complete(tmp)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# one folder, one run
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``{folder}/run.lock`` with its owner (pid, host, start time, command) inside.
+
+    The kernel drops the lock when its process dies however it dies, so a lock file left by a dead process is
+    simply taken over. On NFS, Linux maps flock to NFS byte-range locks (NFSv4 or NLM): it works where the server
+    supports locking, but a client that loses the server may keep a lock it no longer holds; use local disks for
+    safety, or one job per folder by convention.
+    """
+
+    def __init__(self, folder: str | os.PathLike, purpose: str = "run", name: str = LOCK_NAME):
+        self.folder, self.purpose = Path(folder), purpose
+        self.path = self.folder / name
+        self._fd: int | None = None
+        self.previous_owner: dict | None = None
+
+    def acquire(self, blocking: bool = False) -> "FolderLock":
+        """Take the lock, or raise :class:`FolderLockedError` naming its owner (``blocking``: wait for it)."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(f"{self.folder} is a file, not a folder; choose another output folder")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            owner = self._read(fd)
+            os.close(fd)
+            who = (f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')} "
+                   f"({owner.get('purpose')}: {owner.get('command')})" if owner else "another process")
+            raise FolderLockedError(f"{self.folder} is in use by {who}; wait for it to finish or choose another "
+                                    "folder") from None
+        self.previous_owner = self._read(fd) or None
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
+                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "command": " ".join(sys.argv)[:500]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _read(fd: int) -> dict:
+        try:
+            return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except ValueError:
+            return {}
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays, naming the last owner
+            self._fd = None
+
+    def __enter__(self):
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# checkpoints of a run
+
+
+def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / CHECKPOINTS_DIR
+
+
+def checkpoint_path(output_dir: str | os.PathLike, step: int) -> Path:
+    return checkpoints_dir(output_dir) / f"step_{step:06d}"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of the finished checkpoints of a run, oldest first."""
+    root = checkpoints_dir(output_dir)
+    found = [(int(m.group(1)), path) for path in root.glob("step_*")
+             if (m := _STEP_NAME.fullmatch(path.name)) and is_complete(path)]
+    return sorted(found)
+
+
+def sweep(output_dir: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted saves and prunes of this run left behind (``.step_*.tmp-*``, ``.trash-*``); the
+    paths removed. Call it only while holding the folder's lock: then no other process can own them. A ``step_*``
+    folder without its marker is never deleted here (it may be a checkpoint of an older version): it is ignored."""
+    root = checkpoints_dir(output_dir)
+    removed = []
+    for path in sorted(root.glob(".*")):
+        if path.name.startswith((".step_", ".trash-")) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def unfinished_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``step_*`` folders without a ``COMPLETE`` marker: never resumed from, listed so the run can say so."""
+    root = checkpoints_dir(output_dir)
+    return sorted(p for p in root.glob("step_*") if _STEP_NAME.fullmatch(p.name) and p.is_dir() and not is_complete(p))
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` finished checkpoints (0 keeps all); the folders deleted.
+
+    Each is first renamed to a hidden ``.trash-*`` name (one atomic step), then deleted, so a kill in between
+    leaves a temporary that :func:`sweep` removes, never a ``step_*`` folder with half its files.
+    """
+    checkpoints = list_checkpoints(output_dir)
+    doomed = [path for _, path in checkpoints[:-keep_last]] if keep_last > 0 else []
+    for path in doomed:
+        trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+        os.rename(path, trash)
+        fsync_dir(path.parent)
+        shutil.rmtree(trash)
+    return doomed
+
+
+def resolve_checkpoint(spec: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from: None for a fresh run; ``latest``, the newest finished one in ``output_dir``
+    (None if there is none); or a folder, which must be a finished checkpoint."""
+    if spec is None:
+        return None
+    if spec == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1][1] if checkpoints else None
+    path = Path(spec)
+    if not (path / TRAINER_STATE_NAME).is_file() and not is_complete(path):
+        raise FileNotFoundError(f"--resume_from_checkpoint {spec}: not a checkpoint folder (no {TRAINER_STATE_NAME})")
+    return verify_folder(path)
+
+
+def read_trainer_state(checkpoint: str | os.PathLike) -> dict:
+    """``trainer_state.json`` of a checkpoint, checked to be whole; an error naming the file otherwise."""
+    path = Path(checkpoint) / TRAINER_STATE_NAME
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing; resume from another checkpoint") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); resume from another checkpoint") from None
+    missing = [key for key in TRAINER_STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}; resume from another checkpoint")
+    return state
+
+
+def write_trainer_state(folder: Path, state: dict) -> None:
+    write_text_atomic(folder / TRAINER_STATE_NAME, json.dumps(state, indent=2) + "\n")
+
+
+def run_dir_of(checkpoint: str | os.PathLike) -> Path | None:
+    """The run folder that holds ``checkpoint`` (``{output_dir}/checkpoints/step_N`` -> ``output_dir``), or None."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS_DIR else None
+
+
+def config_hash(values: dict) -> str:
+    """A short hash of a JSON-able dict (the architecture fields, a manifest)."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# secrets never written
+
+REDACTED = "<redacted>"
+SECRET_KEYS = {"token", "hub_token", "hf_token", "use_auth_token", "auth_token", "access_token", "password", "api_key"}
+TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{30,}")
+
+
+def _known_secrets(extra: tuple[str, ...] = ()) -> set[str]:
+    """Token values this process could hold: the environment's, the stored login's, and ``extra``."""
+    from huggingface_hub import constants
+
+    secrets = {os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN"), *extra}
+    token_file = Path(constants.HF_TOKEN_PATH)
+    if token_file.is_file():
+        secrets.add(token_file.read_text(encoding="utf-8").strip())
+    return {s for s in secrets if s}
+
+
+def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """``value`` (a string, or dicts/lists of them, e.g. training args) with every token replaced by ``<redacted>``.
+
+    A token is any known value (``HF_TOKEN``, the stored login, ``secrets``), anything shaped like a Hugging Face
+    token (``hf_`` + 30 or more letters and digits), and any non-empty value under a key such as ``token`` or
+    ``hub_token``. Use it on whatever is written to disk or logged.
+    """
+    known = sorted(_known_secrets(tuple(secrets)), key=len, reverse=True)
+
+    def clean(obj):
+        if isinstance(obj, str):
+            for secret in known:
+                obj = obj.replace(secret, REDACTED)
+            return TOKEN_PATTERN.sub(REDACTED, obj)
+        if isinstance(obj, dict):
+            return {k: REDACTED if str(k).lower() in SECRET_KEYS and obj[k] else clean(obj[k]) for k in obj}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(clean(v) for v in obj)
+        return obj
+
+    return clean(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# logged scalars
+
+
+def read_scalars(run_dir) -> dict[str, tuple[Any, Any]]:
+    """Every scalar tag in the TensorBoard event files under ``run_dir`` (searched recursively) as ``(steps,
+    values)`` numpy arrays. Events from all files are merged by step; where a step was logged twice (a resumed run)
+    the later write wins."""
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    files = sorted(p for p in run_dir.rglob("*tfevents*") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no TensorBoard event files (*tfevents*) found")
+    events = defaultdict(list)
+    for file in files:
+        accumulator = EventAccumulator(str(file), size_guidance={SCALARS: 0})  # 0 = keep every event
+        accumulator.Reload()
+        for tag in accumulator.Tags()[SCALARS]:
+            events[tag] += [(e.wall_time, e.step, e.value) for e in accumulator.Scalars(tag)]
+    scalars = {}
+    for tag, rows in events.items():
+        by_step = {step: value for _, step, value in sorted(rows)}
+        steps = np.array(sorted(by_step))
+        scalars[tag] = (steps, np.array([by_step[s] for s in steps]))
+    return scalars
+
+
+def last_logged(run_dir, step: int, tags) -> dict[str, tuple[int, float]]:
+    """``{tag: (step, value)}`` of the last value of each of ``tags`` logged at or before ``step``; {} without logs."""
+    try:
+        scalars = read_scalars(run_dir)
+    except FileNotFoundError:
+        return {}
+    last = {}
+    for tag in tags:
+        steps, values = scalars.get(tag, ((), ()))
+        logged = [(int(s), float(v)) for s, v in zip(steps, values) if s <= step]
+        if logged:
+            last[tag] = logged[-1]
+    return last

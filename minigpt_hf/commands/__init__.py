@@ -1,0 +1,97 @@
+"""The programs of minigpt_hf: one module per command, each with ``main(argv=None) -> int``.
+
+``minigpt <command> ...`` (and ``python -m minigpt_hf <command> ...``) runs them; ``scripts/`` holds shims so that
+``accelerate launch scripts/train.py`` keeps working. Every command reports bad input the same way: one line
+``error: <what>; <what to do>`` on stderr, printed by the launch's first process only, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sys
+from collections.abc import Callable
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "train": ("train", "pre-train a model (several processes: accelerate launch -m minigpt_hf train ...)"),
+    "prepare-data": ("prepare_data", "tokenise a corpus (embedded, local files or a dataset) into token shards"),
+    "generate": ("generate", "sample from a checkpoint, from GPT-2 weights or from a random model"),
+    "convert": ("convert", "convert an HF GPT-2 checkpoint into a MiniGPT folder"),
+    "export": ("export", "export a MiniGPT checkpoint as a plain GPT-2 folder (no custom code)"),
+    "eval-hellaswag": ("eval_hellaswag", "HellaSwag accuracy of any causal LM"),
+    "eval-loss": ("eval_loss", "validation loss and perplexity of any causal LM on token shards"),
+    "plot": ("plot", "the training figures from a run's TensorBoard logs"),
+    "landscape": ("landscape", "the loss landscape around a checkpoint"),
+    "push": ("push", "push a checkpoint folder to the Hugging Face Hub, with a model card"),
+}
+
+EXIT_INPUT_ERROR = 2
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space, or write somewhere else",
+    errno.EDQUOT: "free some disk space, or write somewhere else",
+    errno.EROFS: "choose a writable folder",
+    errno.EACCES: "check the permissions, or choose another path",
+    errno.EPERM: "check the permissions, or choose another path",
+}
+
+
+def is_main_process() -> bool:
+    """Whether this is the first process of a launch (or not launched at all)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def describe(err: BaseException) -> str:
+    """An input error as one line: what went wrong and what to do."""
+    if isinstance(err, OSError) and err.errno in _OS_HINTS and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}; {_OS_HINTS[err.errno]}"
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return " ".join(str(err).split())
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    from ..checkpoint import FolderLockedError
+    from ..hub import HubError
+
+    return ValueError, OSError, FolderLockedError, HubError
+
+
+def command(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
+    """Wrap a command's ``main``: bad input becomes one line on stderr (first process only) and exit code 2;
+    Ctrl-C that the command did not handle, exit code 130."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv) or 0
+        except input_errors() as err:
+            if is_main_process():
+                print(f"error: {describe(err)}", file=sys.stderr, flush=True)
+            return EXIT_INPUT_ERROR
+        except KeyboardInterrupt:
+            if is_main_process():
+                print("interrupted", file=sys.stderr, flush=True)
+            return 130
+
+    return wrapper
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``minigpt <command> [args]``: run one command."""
+    import importlib
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+        print("usage: minigpt <command> [--help | args]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv else EXIT_INPUT_ERROR
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; run minigpt --help for the list", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
+    return module.main(rest)

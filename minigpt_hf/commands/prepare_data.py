@@ -1,0 +1,119 @@
+"""Tokenise a corpus into GPT-2 token shards for training (build-nanogpt's fineweb.py, any source).
+
+    minigpt prepare-data --out_dir data/shakespeare                      # the embedded corpus
+    minigpt prepare-data --out_dir data/mine --input texts/ notes.jsonl  # local files
+    minigpt prepare-data --out_dir data/fineweb-edu --dataset HuggingFaceFW/fineweb-edu \\
+        --dataset_config sample-10BT --max_tokens 101000000               # the notes: 100M train + 1M val
+
+The flags can also come from one .yaml or .json file: ``minigpt prepare-data args.yaml``. With --overwrite the new
+dataset is built beside the old one, which stays usable until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from .. import data
+from . import command
+
+
+@dataclass
+class PrepareArguments:
+    """The flags of this script; without --input or --dataset, the embedded corpus."""
+
+    out_dir: str = field(metadata={"help": "Folder for the shards and manifest.json."})
+    input: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Local .txt (one document per file), .jsonl, .json or .parquet files or folders of them."},
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "A `datasets` dataset (hub name or local folder), e.g. HuggingFaceFW/fineweb-edu."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Its configuration, e.g. sample-10BT."})
+    split: str = field(default="train", metadata={"help": "Which split of --dataset to read."})
+    streaming: bool = field(default=True, metadata={"help": "Stream --dataset instead of downloading it first."})
+    text_field: str = field(default="text", metadata={"help": "The text column of --dataset / .jsonl / .parquet."})
+    prefix: str | None = field(
+        default=None, metadata={"help": "Shard file prefix; default: shakespeare, the dataset's name, or 'local'."}
+    )
+    shard_size: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Tokens per train shard; default {data.SHARD_SIZE:,} ({data.EMBEDDED_SHARD_SIZE:,} embedded)."
+        },
+    )
+    val_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Tokens of the val split; default {data.VAL_TOKENS:,} ({data.EMBEDDED_VAL_TOKENS:,} embedded)."
+        },
+    )
+    max_tokens: int | None = field(default=None, metadata={"help": "Stop after this many tokens (val + train)."})
+    num_proc: int = field(
+        default_factory=lambda: max(1, (os.cpu_count() or 2) // 2),
+        metadata={"help": "Tokenising processes; the default is half the CPUs."},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace shards and manifest already in --out_dir."})
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` (default: sys.argv[1:]), write the shards and print a summary."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser(PrepareArguments, prog="minigpt prepare-data", description=__doc__.split("\n")[0])
+    start = time.time()
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+        from ..training import read_yaml  # JSON is YAML too
+
+        (args,) = parser.parse_dict(read_yaml(argv[0]))
+    else:
+        (args,) = parser.parse_args_into_dataclasses(argv)
+    manifest = prepare(args)
+    print(f"wrote {args.out_dir} in {time.time() - start:.1f} s: {data.manifest_summary(manifest)}")
+    return 0
+
+
+def prepare(args: PrepareArguments) -> dict:
+    """Open the source that `args` name and write its shards; the manifest."""
+    if args.dataset and args.input:
+        raise ValueError("give --dataset or --input, not both")
+    shard_size, val_tokens = data.SHARD_SIZE, data.VAL_TOKENS
+    if args.dataset:
+        documents = data.iter_hf_documents(
+            args.dataset, args.dataset_config, args.split, args.text_field, args.streaming
+        )
+        source = {
+            "type": "dataset",
+            "name": args.dataset,
+            "config": args.dataset_config,
+            "split": args.split,
+            "streaming": args.streaming,
+            "text_field": args.text_field,
+        }
+        prefix = Path(args.dataset).name.lower()
+    elif args.input:
+        documents = data.iter_file_documents(args.input, args.text_field)
+        source = {"type": "files", "paths": args.input, "text_field": args.text_field}
+        prefix = "local"
+    else:
+        documents, source, prefix = data.iter_embedded_documents(), data.EMBEDDED_SOURCE, "shakespeare"
+        shard_size, val_tokens = data.EMBEDDED_SHARD_SIZE, data.EMBEDDED_VAL_TOKENS
+    return data.prepare_shards(
+        documents,
+        args.out_dir,
+        prefix=args.prefix or prefix,
+        shard_size=shard_size if args.shard_size is None else args.shard_size,
+        val_tokens=val_tokens if args.val_tokens is None else args.val_tokens,
+        max_tokens=args.max_tokens,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+        source=source,
+    )
