@@ -186,7 +186,7 @@ def minigpt_config_to_gpt2(config: MiniGPTConfig):
     return GPT2Config(
         vocab_size=config.tokenizer_vocab_size,
         n_positions=config.block_size,
-        n_ctx=config.block_size,  # not read by transformers, but by older tools (llama.cpp's converter) as in gpt2's own file
+        n_ctx=config.block_size,  # unused by transformers; llama.cpp's converter reads it (gpt2's own config has it)
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
@@ -241,7 +241,7 @@ def to_gpt2_model(model: MiniGPTForCausalLM):
     if set(state) != expected:  # a MiniGPT that grew a tensor GPT-2 lacks (or vice versa): never export silently
         raise ValueError(
             f"cannot export to GPT-2: tensors differ (MiniGPT only: {sorted(set(state) - expected)[:5]}, "
-            f"GPT-2 only: {sorted(expected - set(state))[:5]})"
+            f"GPT-2 only: {sorted(expected - set(state))[:5]}); merge LoRA adapters first (merge_and_unload)"
         )
     gpt2.load_state_dict(state, strict=True, assign=True)
     gpt2.tie_weights()
@@ -258,7 +258,10 @@ def _load_minigpt(path) -> MiniGPTForCausalLM:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: missing; pass a MiniGPT checkpoint folder (a save_pretrained output)")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{config_file} is not a readable config ({err}); pass a MiniGPT checkpoint folder") from None
     if model_type != MiniGPTConfig.model_type:
         raise ValueError(
             f"{folder} is not a MiniGPT checkpoint (config.json has model_type={model_type!r}); "
@@ -282,18 +285,29 @@ def export_gpt2(checkpoint_or_model, out_dir, overwrite: bool = False) -> Path:
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # before loading anything: fail fast, keep the old folder
-        raise FileExistsError(f"{out_dir} already exists; choose another output folder or pass --overwrite")
-    if isinstance(checkpoint_or_model, MiniGPTForCausalLM):
+        raise FileExistsError(
+            f"{out_dir} already exists; choose another output folder or pass --overwrite (overwrite=True)"
+        )
+    if isinstance(checkpoint_or_model, torch.nn.Module):  # also the trust_remote_code copy of the class
         model = checkpoint_or_model
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type != MiniGPTConfig.model_type:
+            raise ValueError(
+                f"export_gpt2 needs a MiniGPT model, got {type(model).__name__} (model_type={model_type!r})"
+            )
     elif isinstance(checkpoint_or_model, (str, os.PathLike)):
+        if Path(checkpoint_or_model).resolve() == out_dir.resolve():
+            raise ValueError(f"{out_dir} is the checkpoint being exported; choose another output folder")
         model = _load_minigpt(checkpoint_or_model)
     else:
-        raise TypeError(f"export_gpt2 takes a MiniGPTForCausalLM or a checkpoint folder, got {type(checkpoint_or_model)}")
+        raise TypeError(
+            f"export_gpt2 takes a MiniGPTForCausalLM or a checkpoint folder, got {type(checkpoint_or_model).__name__}"
+        )
     gpt2 = to_gpt2_model(model)
     tokenizer = get_tokenizer(model_max_length=gpt2.config.n_positions)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         gpt2.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        for name in ("vocab.json", "merges.txt"):  # GPT-2's own files, for tools that read them instead of tokenizer.json
+        for name in ("vocab.json", "merges.txt"):  # GPT-2's own files, for tools that read these, not tokenizer.json
             shutil.copyfile(ASSET_DIR / name, tmp / name)
     return out_dir

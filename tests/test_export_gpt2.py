@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM, get_tokenizer
 from minigpt_hf.conversion import export_gpt2
@@ -155,6 +156,18 @@ def test_bad_inputs_are_clear(exported, tmp_path):
     _, gpt2_folder = exported
     with pytest.raises(FileNotFoundError, match="no such MiniGPT checkpoint folder"):
         export_gpt2(tmp_path / "absent", tmp_path / "out")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not a readable config"):
+        export_gpt2(tmp_path / "broken", tmp_path / "out")
     with pytest.raises(ValueError, match="model_type='gpt2'.*already in GPT-2 format"):
         export_gpt2(gpt2_folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    checkpoint = save_model_folder(MiniGPTForCausalLM(MiniGPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)),
+                                   tmp_path / "ckpt")
+    before = sorted(p.name for p in checkpoint.iterdir())
+    with pytest.raises(ValueError, match="is the checkpoint being exported"):
+        export_gpt2(checkpoint, checkpoint, overwrite=True)
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
+    with pytest.raises(ValueError, match="needs a MiniGPT model, got GPT2LMHeadModel"):
+        export_gpt2(AutoModelForCausalLM.from_pretrained(gpt2_folder), tmp_path / "out")
