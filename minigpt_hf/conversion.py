@@ -1,14 +1,16 @@
-"""GPT-2 weights (an HF ``gpt2`` / ``gpt2-medium`` / ``gpt2-large`` / ``gpt2-xl`` checkpoint) -> MiniGPT.
+"""GPT-2 weights (an HF ``gpt2`` / ``gpt2-medium`` / ``gpt2-large`` / ``gpt2-xl`` checkpoint) <-> MiniGPT.
 
 HF's GPT-2 stores its linear layers as ``Conv1D`` (weight shape ``(in, out)``); MiniGPT uses ``nn.Linear``
 (``(out, in)``), so those four weights per block are transposed. The causal-mask buffers (``attn.bias``,
 ``attn.masked_bias``) of old checkpoints are dropped. The 50257-token vocabulary can be padded to 50304 rows.
+The way back (:func:`to_gpt2_model`, :func:`export_gpt2`) drops the padding rows again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -138,3 +140,174 @@ def load_gpt2(name_or_path: str, vocab_size: int | None = None, dtype: torch.dty
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     return model.to(dtype).eval()
+
+
+# ---------------------------------------------------------------------------------------------- MiniGPT -> GPT-2
+# The way out: a MiniGPT is GPT-2 with the vocabulary padded from 50257 to 50304 rows. The padded ids are masked (never
+# predicted), so dropping those rows gives a GPT2LMHeadModel with the same logits for every real token. The result
+# loads in stock transformers (no trust_remote_code) and in tools that read the GPT-2 format (vLLM, llama.cpp's
+# convert_hf_to_gguf.py, TGI, ONNX exporters, lm-eval).
+
+GPT2_VOCAB = 50257
+
+
+def check_gpt2_exportable(config: MiniGPTConfig) -> None:
+    """``ValueError`` naming the first config field the plain GPT-2 format cannot represent, and what to do."""
+    refusals = [
+        (not config.bias, "bias=False", "GPT-2 has a bias in every Linear and LayerNorm; train with bias=True"),
+        (config.mlp_ratio != 4, f"mlp_ratio={config.mlp_ratio}", "GPT-2's MLP is 4 * n_embd wide; use mlp_ratio=4"),
+        (
+            not config.tie_word_embeddings,
+            "tie_word_embeddings=False",
+            "GPT-2 ties the LM head to the token embedding; export needs a model trained with tied embeddings",
+        ),
+        (
+            config.tokenizer_vocab_size != GPT2_VOCAB,
+            f"tokenizer_vocab_size={config.tokenizer_vocab_size}",
+            f"GPT-2's BPE vocabulary has {GPT2_VOCAB} tokens; only models over that tokenizer can be exported",
+        ),
+        (
+            config.vocab_size < config.tokenizer_vocab_size,
+            f"vocab_size={config.vocab_size} < tokenizer_vocab_size={config.tokenizer_vocab_size}",
+            "the embedding lacks rows for real tokens; fix the config (vocab_size >= 50257)",
+        ),
+    ]
+    for refused, field, fix in refusals:
+        if refused:
+            raise ValueError(f"cannot export to GPT-2: {field}; {fix}")
+
+
+def minigpt_config_to_gpt2(config: MiniGPTConfig):
+    """The ``transformers.GPT2Config`` of a MiniGPT config: vocabulary 50257 (padding dropped), same shape, dropout
+    on residual, embedding and attention, GPT-2's tanh GELU (``gelu_new``)."""
+    from transformers import GPT2Config
+
+    check_gpt2_exportable(config)
+    return GPT2Config(
+        vocab_size=config.tokenizer_vocab_size,
+        n_positions=config.block_size,
+        n_ctx=config.block_size,  # unused by transformers; llama.cpp's converter reads it (gpt2's own config has it)
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=None,
+        activation_function="gelu_new",
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=config.layer_norm_epsilon,
+        initializer_range=config.initializer_range,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        tie_word_embeddings=True,
+        architectures=["GPT2LMHeadModel"],
+    )
+
+
+def minigpt_state_dict_to_gpt2(state: dict[str, torch.Tensor], config: MiniGPTConfig) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`convert_state_dict`: MiniGPT tensors -> ``GPT2LMHeadModel`` names and layouts (Conv1D
+    weights transposed, the embedding cut to the tokenizer's rows, the head tied). Every tensor is a fresh copy."""
+    check_gpt2_exportable(config)
+    wte = state["transformer.wte.weight"]
+    head = state.get("lm_head.weight")
+    if head is not None and head.data_ptr() != wte.data_ptr() and not torch.equal(head, wte):
+        raise ValueError(
+            "cannot export to GPT-2: lm_head.weight differs from transformer.wte.weight (untied embeddings); "
+            "GPT-2 ties them, so export needs a model trained with tied embeddings"
+        )
+    out = {}
+    for key, tensor in state.items():
+        if key == "lm_head.weight":
+            continue
+        if key == "transformer.wte.weight":
+            tensor = tensor[: config.tokenizer_vocab_size]  # rows beyond are masked vocabulary padding
+        elif key.endswith(CONV1D_SUFFIXES):
+            tensor = tensor.t()
+        out[key] = tensor.detach().contiguous().clone()
+    out["lm_head.weight"] = out["transformer.wte.weight"]
+    return out
+
+
+def to_gpt2_model(model: MiniGPTForCausalLM):
+    """A ``transformers.GPT2LMHeadModel`` with the weights of ``model`` (same dtype; its own copy of every tensor)."""
+    from transformers import GPT2LMHeadModel
+
+    gpt2_config = minigpt_config_to_gpt2(model.config)
+    state = minigpt_state_dict_to_gpt2(model.state_dict(), model.config)
+    with torch.device("meta"):
+        gpt2 = GPT2LMHeadModel(gpt2_config)
+    expected = set(gpt2.state_dict())
+    if set(state) != expected:  # a MiniGPT that grew a tensor GPT-2 lacks (or vice versa): never export silently
+        raise ValueError(
+            f"cannot export to GPT-2: tensors differ (MiniGPT only: {sorted(set(state) - expected)[:5]}, "
+            f"GPT-2 only: {sorted(expected - set(state))[:5]}); merge LoRA adapters first (merge_and_unload)"
+        )
+    gpt2.load_state_dict(state, strict=True, assign=True)
+    gpt2.tie_weights()
+    if any(t.is_meta for t in [*gpt2.parameters(), *gpt2.buffers()]):
+        raise RuntimeError("GPT-2 export left tensors unset (a transformers GPT-2 with new buffers?); please report")
+    return gpt2.train(model.training)
+
+
+def _load_minigpt(path) -> MiniGPTForCausalLM:
+    """A saved MiniGPT folder, checked for exportability from its config before any weight is read."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such MiniGPT checkpoint folder; pass the folder that holds config.json")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: missing; pass a MiniGPT checkpoint folder (a save_pretrained output)")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{config_file} is not a readable config ({err}); pass a MiniGPT checkpoint folder") from None
+    if model_type != MiniGPTConfig.model_type:
+        raise ValueError(
+            f"{folder} is not a MiniGPT checkpoint (config.json has model_type={model_type!r}); "
+            + ("it is already in GPT-2 format" if model_type == "gpt2" else "pass a folder saved by minigpt_hf")
+        )
+    check_gpt2_exportable(MiniGPTConfig.from_pretrained(folder))
+    return MiniGPTForCausalLM.from_pretrained(folder)
+
+
+def export_gpt2(checkpoint_or_model, out_dir, overwrite: bool = False) -> Path:
+    """Write ``out_dir``: a plain GPT-2 checkpoint (``config.json`` with ``model_type: gpt2``, ``model.safetensors``,
+    ``generation_config.json``, GPT-2 tokenizer files) that stock transformers loads as ``GPT2LMHeadModel`` with no
+    custom code. ``checkpoint_or_model`` is a :class:`MiniGPTForCausalLM` or a saved MiniGPT folder.
+
+    Written atomically (complete or not at all); an existing ``out_dir`` is a ``FileExistsError`` unless
+    ``overwrite``. ``ValueError`` for a model GPT-2 cannot represent (``bias=False``, ``mlp_ratio != 4``, untied
+    embeddings, a vocabulary other than GPT-2's 50257 tokens plus padding).
+    """
+    from .saving import atomic_directory
+    from .tokenization import ASSET_DIR, get_tokenizer
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:  # before loading anything: fail fast, keep the old folder
+        raise FileExistsError(
+            f"{out_dir} already exists; choose another output folder or pass --overwrite (overwrite=True)"
+        )
+    if isinstance(checkpoint_or_model, torch.nn.Module):  # also the trust_remote_code copy of the class
+        model = checkpoint_or_model
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type != MiniGPTConfig.model_type:
+            raise ValueError(
+                f"export_gpt2 needs a MiniGPT model, got {type(model).__name__} (model_type={model_type!r})"
+            )
+    elif isinstance(checkpoint_or_model, (str, os.PathLike)):
+        if Path(checkpoint_or_model).resolve() == out_dir.resolve():
+            raise ValueError(f"{out_dir} is the checkpoint being exported; choose another output folder")
+        model = _load_minigpt(checkpoint_or_model)
+    else:
+        raise TypeError(
+            f"export_gpt2 takes a MiniGPTForCausalLM or a checkpoint folder, got {type(checkpoint_or_model).__name__}"
+        )
+    gpt2 = to_gpt2_model(model)
+    tokenizer = get_tokenizer(model_max_length=gpt2.config.n_positions)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        gpt2.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in ("vocab.json", "merges.txt"):  # GPT-2's own files, for tools that read these, not tokenizer.json
+            shutil.copyfile(ASSET_DIR / name, tmp / name)
+    return out_dir

@@ -338,5 +338,14 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
 
         return load_gpt2(name_or_path, **kwargs)
 
+    def to_gpt2(self):
+        """This model as a ``transformers.GPT2LMHeadModel`` (vocabulary padding dropped); see ``conversion``."""
+        try:  # the converter lives in the package, not in this file's trust_remote_code copy
+            from minigpt_hf.conversion import to_gpt2_model
+        except ImportError as err:
+            raise ImportError("to_gpt2 needs the minigpt_hf package: pip install minigpt-hf") from err
+
+        return to_gpt2_model(self)
+
 
 __all__ = ["MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel"]

@@ -1,8 +1,16 @@
 """The offline GPT-2 tokenizers: tiktoken and HF give GPT-2's ids, from the bundled files."""
 
 import hashlib
+import json
 import random
+import subprocess
+import sys
+import textwrap
 
+import torch
+
+from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM
+from minigpt_hf.saving import save_model_folder
 from minigpt_hf.tokenization import ASSET_DIR, EOT_ID, get_encoding, get_tokenizer, mergeable_ranks
 
 PROMPT = "Hello, I'm a language model,"
@@ -63,3 +71,43 @@ def test_tiktoken_and_hf_agree_on_varied_text():
     assert sum(s.count("<|endoftext|>") for s in strings) > 50  # the special token was exercised
     for s, ids in zip(strings[:500], hf_ids[:500]):
         assert enc.decode(ids) == s
+
+
+def test_checkpoint_tokenizer_loads_without_remote_code(tmp_path, offline_env):
+    """A saved MiniGPT folder's tokenizer is GPT-2's own class (tokenizer_config.json names it), so AutoTokenizer needs
+    no remote code for it; the model still does. transformers reads config.json first and, as it names custom code,
+    asks about it on a terminal (15 s timeout) unless trust_remote_code is given; without a terminal (scripts, CI) or
+    with trust_remote_code=False the question is skipped and the tokenizer loads."""
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(MiniGPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32))
+    folder = save_model_folder(model, tmp_path / "ckpt")
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tok = AutoTokenizer.from_pretrained({str(folder)!r})
+        explicit = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=False)
+        try:
+            AutoModelForCausalLM.from_pretrained({str(folder)!r})
+            model_error = ""
+        except ValueError as err:
+            model_error = str(err)
+        assert "minigpt_hf" not in sys.modules, "the package was imported"
+        print("RESULT", json.dumps({{
+            "classes": [type(t).__name__ for t in (tok, explicit)],
+            "modules": [type(t).__module__.split(".")[0] for t in (tok, explicit)],
+            "ids": [t({PROMPT!r})["input_ids"] for t in (tok, explicit)],
+            "padding": [tok.padding_side, tok.pad_token_id, tok.eos_token_id, tok.model_max_length],
+            "model_error": model_error,
+        }}))
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=dict(offline_env, PYTHONPATH=""),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.split("RESULT ")[-1])  # after the declined remote-code question, when printed
+    assert all(name in ("GPT2Tokenizer", "GPT2TokenizerFast") for name in out["classes"]), out["classes"]
+    assert out["modules"] == ["transformers", "transformers"]
+    assert out["ids"] == [PROMPT_IDS, PROMPT_IDS]
+    assert out["padding"] == ["left", EOT_ID, EOT_ID, 32]
+    assert "trust_remote_code=True" in out["model_error"]

@@ -18,8 +18,9 @@ import urllib.request
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .loss import token_nll
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 GPT2_124M_HELLASWAG = 0.2955  # OpenAI's GPT-2 124M, acc_norm on the validation split (build-nanogpt's figure)
@@ -127,10 +128,10 @@ def score_example(model, tokenizer, example: dict) -> tuple[torch.Tensor, torch.
         scored[i, len(ctx) : len(row)] = True
     device = next(model.parameters()).device
     logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float().cpu()
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
+    losses = token_nll(logits[:, :-1], input_ids[:, 1:])  # on the (N, V) layout: see token_nll
     mask = scored[:, 1:]
-    summed = (losses * mask).sum(dim=1)
-    return summed, summed / mask.sum(dim=1)
+    summed = (losses.double() * mask).sum(dim=1)
+    return summed.float(), (summed / mask.sum(dim=1)).float()
 
 
 def evaluate_hellaswag(model, tokenizer, examples, accelerator=None, limit=None, progress=True) -> dict:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
@@ -53,11 +52,23 @@ def make_windows(tokens: np.ndarray, seq_len: int, indices) -> torch.Tensor:
     return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Float32 ``-log softmax(logits)[target]`` with the shape of ``targets``, for ``logits`` of shape (*targets, V).
+
+    Computed on the (N, V) layout from max-shifted logits. At GPT-2's logit scale (around -100) CPU
+    ``F.cross_entropy`` is off by ~1e-4 per token over ``logits.transpose(1, 2)``, and still by a few 1e-6 of one sign
+    over (N, V) (its softmax sum accumulates sequentially); shifted ``logsumexp - gather`` is off by float32 rounding.
+    """
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    flat = flat - flat.amax(dim=-1, keepdim=True)  # near the max (the terms that matter) this is exact
+    picked = flat.gather(1, targets.reshape(-1, 1).to(flat.device)).squeeze(1)
+    return (torch.logsumexp(flat, dim=-1) - picked).view(targets.shape)
+
+
 def token_losses(model, windows: torch.Tensor) -> torch.Tensor:
     """Per-token float32 cross-entropy ``(B, T)`` of predicting ``windows[:, 1:]`` from ``windows[:, :-1]``."""
     windows = windows.to(next(model.parameters()).device)
-    logits = model(input_ids=windows[:, :-1]).logits.float()
-    return F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")
+    return token_nll(model(input_ids=windows[:, :-1]).logits, windows[:, 1:])
 
 
 @torch.no_grad()
