@@ -19,7 +19,7 @@ allocated before it — so the other model held in the same process does not cou
 Comparing with the trainer: ``train_step(model, optimizer, batch, scaler, amp_dtype=..., grad_clip=...)`` is the
 boundary. ``measure_mode(..., step_fn=...)`` takes any function with that signature, so the trainer's own step
 (Accelerate's ``backward``/``clip_grad_norm_``, its optimizer and scheduler calls) can be timed against this bare
-step on the same model, batch and mode; the difference is the trainer's loop overhead. A run of ``scripts/train.py``
+step on the same model, batch and mode; the difference is the trainer's loop overhead. A run of ``minigpt train``
 with the same shape, batch and precision can also be compared end to end with this script's tokens/s, which then
 also counts data loading and logging.
 

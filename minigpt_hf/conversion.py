@@ -280,7 +280,7 @@ def export_gpt2(checkpoint_or_model, out_dir, overwrite: bool = False) -> Path:
     ``overwrite``. ``ValueError`` for a model GPT-2 cannot represent (``bias=False``, ``mlp_ratio != 4``, untied
     embeddings, a vocabulary other than GPT-2's 50257 tokens plus padding).
     """
-    from .saving import atomic_directory
+    from .checkpoint import atomic_directory
     from .tokenization import ASSET_DIR, get_tokenizer
 
     out_dir = Path(out_dir)

@@ -29,7 +29,9 @@ def data_dir(tmp_path_factory):
     np.save(path / "shake_val_000000.npy", random_tokens(150, seed=1))
     np.save(path / "shake_val_000001.npy", random_tokens(150, seed=2))
     np.save(path / "shake_train_000000.npy", random_tokens(500, seed=3))
-    (path / "manifest.json").write_text("{}")
+    shards = [{"file": f"shake_{split}_{i:06d}.npy", "split": split, "tokens": n}
+              for split, i, n in (("val", 0, 150), ("val", 1, 150), ("train", 0, 500))]
+    (path / "manifest.json").write_text(json.dumps({"shards": shards, "tokens": {"val": 300, "train": 500}}))
     return path
 
 
@@ -52,9 +54,9 @@ def test_load_tokens_folder_split_and_limit(data_dir):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda p: np.save(p, np.arange(10, dtype=np.int32)), "1-D uint16 token array, got 1-D int32"),
-        (lambda p: np.save(p, np.zeros((2, 5), dtype=np.uint16)), "got 2-D uint16"),
-        (lambda p: p.write_text("not numpy"), "not a .npy token shard"),
+        (lambda p: np.save(p, np.arange(10, dtype=np.int32)), "expected a 1-D uint16 array, found a 1-D int32"),
+        (lambda p: np.save(p, np.zeros((2, 5), dtype=np.uint16)), "found a 2-D uint16"),
+        (lambda p: p.write_text("not numpy"), "not a whole .npy token array"),
         (lambda p: None, "no such token shard"),
     ],
 )
@@ -66,7 +68,7 @@ def test_bad_shards_are_clear(tmp_path, make, message):
 
 
 def test_folder_without_split_is_clear(data_dir):
-    with pytest.raises(FileNotFoundError, match="no 'test' shards"):
+    with pytest.raises(ValueError, match="no 'test' shards"):
         load_tokens(data_dir, "test")
 
 

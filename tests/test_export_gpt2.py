@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM, get_tokenizer
 from minigpt_hf.conversion import export_gpt2
-from minigpt_hf.saving import save_model_folder
+from minigpt_hf.checkpoint import save_model_folder
 
 PROMPT = "Hello, I'm a language model,"
 SHAPE = dict(n_layer=2, n_head=2, n_embd=64, block_size=64)  # the real vocabulary: 50304 rows, 50257 tokens

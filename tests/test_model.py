@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, TextIteratorStreamer
 
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM, get_tokenizer
-from minigpt_hf.saving import save_model_folder
+from minigpt_hf.checkpoint import save_model_folder
 
 PROMPT = "Hello, I'm a language model,"
 

@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
 
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM  # noqa: E402
-from minigpt_hf.saving import save_model_folder  # noqa: E402
+from minigpt_hf.checkpoint import save_model_folder  # noqa: E402
 
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
 BLOCK_LINEARS = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}

@@ -10,7 +10,7 @@ import textwrap
 import torch
 
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM
-from minigpt_hf.saving import save_model_folder
+from minigpt_hf.checkpoint import save_model_folder
 from minigpt_hf.tokenization import ASSET_DIR, EOT_ID, get_encoding, get_tokenizer, mergeable_ranks
 
 PROMPT = "Hello, I'm a language model,"
