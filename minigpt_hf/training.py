@@ -353,12 +353,13 @@ class StopOnSignal:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.received is None:
-            print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-                  "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+        if self.received is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.received = signum
+        print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
 
     def agreed(self, accelerator) -> bool:
         """Whether any rank was signalled (all ranks must stop at the same step, whichever got the signal)."""
@@ -649,6 +650,7 @@ def setup(model_args, data_args, train_args) -> Run:
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()  # from_pretrained returns eval mode: without this a resumed run would drop dropout
         optimizer = torch.optim.AdamW(
             model.optimizer_groups(train_args.weight_decay), lr=train_args.max_lr,
             betas=(train_args.adam_beta1, train_args.adam_beta2), eps=train_args.adam_epsilon,

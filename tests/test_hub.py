@@ -313,3 +313,29 @@ def test_pusher_without_a_token_reports_and_push_folder_raises(no_token, checkpo
     assert snapshot(checkpoint) == before
     with pytest.raises(ValueError):
         HubPusher("not a repo id!")
+
+
+def test_push_with_a_gpt2_copy_uploads_the_plain_export_to_gpt2(monkeypatch, checkpoint):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    api = RecordingApi()
+    uploaded = {}
+    real_upload = api.upload_folder
+
+    def upload_folder(**kwargs):  # the export is a temporary folder: look at it while it exists
+        folder = Path(kwargs["folder_path"])
+        names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        uploaded[kwargs.get("path_in_repo")] = sorted(filter_repo_objects(names,
+                                                                          ignore_patterns=kwargs["ignore_patterns"]))
+        if kwargs.get("path_in_repo") == "gpt2":
+            uploaded["config"] = json.loads((folder / "config.json").read_text())
+        return real_upload(**kwargs)
+
+    api.upload_folder = upload_folder
+    pusher = HubPusher("someone/tiny", api=api, gpt2_copy=True)
+    assert pusher.push(checkpoint, "step 20") is not None
+    assert pusher.wait() == []
+    assert "model.safetensors" in uploaded[None] and "modeling_minigpt.py" in uploaded[None]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(uploaded["gpt2"])
+    assert not any(name.endswith(".py") for name in uploaded["gpt2"])
+    assert uploaded["config"]["model_type"] == "gpt2" and uploaded["config"]["vocab_size"] == 50257
+    assert 'subfolder="gpt2"' in (checkpoint / "README.md").read_text()

@@ -26,23 +26,8 @@ from helpers import launch_cmd, launch_env, launch_two
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM, checkpoint as ckpt, data
 from minigpt_hf.commands import eval_loss, generate, prepare_data, push
 from minigpt_hf.commands import train as train_command
-from minigpt_hf.data import ensure_embedded_shards
 
 SMALL = ["--preset", "tiny", "--n_layer", "2", "--n_embd", "64", "--block_size", "64"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(scope="module")
-def shakespeare(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("shakespeare")
-    ensure_embedded_shards(data_dir, progress=False)
-    return data_dir
 
 
 def run_args(data_dir, out, *extra, steps=4):
@@ -54,9 +39,16 @@ def run_args(data_dir, out, *extra, steps=4):
 
 
 def train(argv) -> int:
+    """An in-process run, on one thread like the subprocess runs (OMP_NUM_THREADS=1), so that their float32
+    results can be compared bit for bit."""
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    return train_command.main(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_command.main(argv)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def one_line_error(capsys) -> str:
@@ -477,13 +469,17 @@ def test_a_signal_stops_with_a_checkpoint_and_resume_is_exact(straight, shakespe
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once(shakespeare, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "minigpt_hf", "train",
-                             *run_args(shakespeare, out, "--save_every", "1000", steps=200)],
-                            env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = run_args(shakespeare, out, "--save_every", "1000", "--eval_every", "1", "--eval_steps", "30", steps=200)
+    proc = subprocess.Popen([sys.executable, "-m", "minigpt_hf", "train", *argv], env=launch_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(out / "log.txt", "step 0 | loss", proc)
     proc.send_signal(signal.SIGINT)
+    for line in proc.stderr:  # the first one is taken: the run will stop after this step (and evaluate first)
+        if "SIGINT: stopping after this step" in line:
+            break
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, rest = proc.communicate(timeout=120)
+    stderr = line + rest
     assert proc.returncode == 130 and stderr.strip().endswith("interrupted") and "Traceback" not in stderr
     assert ckpt.list_checkpoints(out) == [] and not list((out / "checkpoints").glob(".*"))
 
@@ -560,3 +556,13 @@ def test_elastic_resume_two_one_two(straight_two, shakespeare, tmp_path, monkeyp
     state = [ckpt.read_trainer_state(d / "checkpoints" / "step_000012") for d in (two, straight_two)]
     assert state[0]["loader_state"] == state[1]["loader_state"]
     assert state[0]["tokens_seen"] == state[1]["tokens_seen"] == 12 * 512
+
+
+@pytest.mark.slow
+def test_an_input_error_under_a_launch_is_printed_once(shakespeare, tmp_path):
+    proc = launch_two("train", run_args(shakespeare, tmp_path / "out", "--keep_last", "-1"))
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: --keep_last -1: must be 0 (keep all) or more"]  # from rank 0 only
+    assert "minigpt_hf" not in "".join(line for line in proc.stderr.splitlines() if line.lstrip().startswith("File "))
+    # (what follows the line is torch's launcher reporting that its workers exited with status 2)

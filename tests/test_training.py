@@ -22,27 +22,11 @@ from helpers import ROOT, launch_two
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt_hf.checkpoint import list_checkpoints
 from minigpt_hf.commands import train as train_script
-from minigpt_hf.data import DistributedTokenLoader, ensure_embedded_shards
+from minigpt_hf.data import DistributedTokenLoader
 from minigpt_hf import training
 from minigpt_hf.training import enable_cpu_fp16, flops_per_token, get_lr, grad_accum_steps, parse_args, peak_flops_per_device
 
 SMALL_MODEL = ["--preset", "tiny", "--n_layer", "2", "--n_embd", "64", "--block_size", "64"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each in-process run starts from scratch."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(scope="session")
-def shakespeare(tmp_path_factory):
-    """The embedded corpus as shards, prepared once for the session."""
-    data_dir = tmp_path_factory.mktemp("shakespeare")
-    ensure_embedded_shards(data_dir, progress=False)
-    return data_dir
 
 
 def small_run(data_dir, output_dir, *extra):
@@ -384,14 +368,6 @@ def test_layernorm_runs_in_fp32_under_autocast(mixed_precision, low):
     assert len(layer_norms) == 5 and set(layer_norms.values()) == {(torch.float32, torch.float32)}
     assert seen["transformer.h.0.mlp.c_fc"][1] == low  # autocast is on
     assert out.loss.dtype == torch.float32 and model.transformer.ln_f.weight.dtype == torch.float32
-
-
-def test_unwrap_of_a_compiled_model_needs_keep_torch_compile_false():
-    """What generate_samples relies on: Accelerate's default unwrap keeps the torch.compile wrapper."""
-    accelerator = Accelerator(dynamo_backend="inductor")
-    model = accelerator.prepare(MiniGPTForCausalLM(MiniGPTConfig.from_preset("tiny", n_layer=1, n_embd=32)))
-    assert type(accelerator.unwrap_model(model)).__name__ == "OptimizedModule"
-    assert type(accelerator.unwrap_model(model, keep_torch_compile=False)) is MiniGPTForCausalLM
 
 
 @pytest.mark.slow
