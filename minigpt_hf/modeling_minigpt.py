@@ -223,8 +223,10 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         cache = cache if cache is not None else past_key_values
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        output_attentions = output_attentions or self.config.output_attentions
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if output_attentions and self.config._attn_implementation != "eager":

@@ -157,6 +157,7 @@ def test_output_attentions_returns_every_layers_weights():
     # the config switch works too; the base model returns them as well
     eager.config.output_attentions = True
     assert len(eager(x).attentions) == 2 and len(eager.transformer(x).attentions) == 2
+    assert eager(x, output_attentions=False).attentions is None  # the argument wins over the config
     eager.config.output_attentions = False
     assert eager(x).attentions is None
 
