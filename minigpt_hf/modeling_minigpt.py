@@ -1,8 +1,10 @@
 """MiniGPT: the GPT-2 decoder of nanoGPT, as a native ``transformers`` causal LM.
 
 Read top to bottom: attention, MLP, block, the model, the LM head. Parameter names are GPT-2's, so state dicts map
-one-to-one onto nanoGPT's and (after the Conv1D transpose) onto ``GPT2LMHeadModel``'s. This file is copied next to
-saved weights for ``trust_remote_code`` loading, so it imports only torch, transformers and the config.
+one-to-one onto nanoGPT's and (after the Conv1D transpose) onto ``GPT2LMHeadModel``'s. Attention goes through
+transformers' attention interface (``config._attn_implementation``: "sdpa" by default, "eager", "flash_attention_2",
+"flex_attention", hub kernels) with the mask ``create_causal_mask`` builds for it. This file is copied next to saved
+weights for ``trust_remote_code`` loading, so it imports only torch, transformers and the config.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
 
 from .configuration_minigpt import MiniGPTConfig
 
@@ -25,36 +30,57 @@ from .configuration_minigpt import MiniGPTConfig
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+def eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """softmax(q·kᵀ·scale + mask)·v in plain matmuls: the reference path, and the one that returns the attention
+    weights (``output_attentions``). The mask is additive (0 = attend, the dtype's minimum = hidden), as
+    ``create_causal_mask`` builds it for "eager"; a boolean 4-D mask passed by the caller is converted."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            attention_mask = torch.zeros_like(attention_mask, dtype=scores.dtype).masked_fill(
+                ~attention_mask, torch.finfo(scores.dtype).min
+            )
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention: one fused QKV projection, SDPA (flash / memory-efficient kernels)."""
+    """Multi-head causal self-attention: one fused QKV projection, then the configured attention implementation."""
 
     def __init__(self, config: MiniGPTConfig, layer_idx: int):
         super().__init__()
+        self.config = config  # the attention interface reads the implementation (and flash its dtype) from here
         self.layer_idx = layer_idx
         self.n_head = config.n_head
+        self.scaling = (config.n_embd // config.n_head) ** -0.5
+        self.is_causal = True
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, attn_mask=None, cache=None):
+    def forward(self, x, attention_mask=None, cache=None, **kwargs):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        # Without a mask, queries and keys are aligned: causal if T > 1, a single decoding step otherwise.
-        y = F.scaled_dot_product_attention(
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        y, weights = attention(
+            self,
             q,
             k,
             v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=attn_mask is None and T > 1,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        y = y.reshape(B, T, C)  # every implementation returns (B, T, heads, head_dim)
+        return self.resid_dropout(self.c_proj(y)), weights
 
 
 class MLP(nn.Module):
@@ -71,7 +97,8 @@ class MLP(nn.Module):
 
 
 class Block(GradientCheckpointingLayer):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). Also returns the attention weights
+    (None unless the implementation is "eager")."""
 
     def __init__(self, config: MiniGPTConfig, layer_idx: int):
         super().__init__()
@@ -80,9 +107,10 @@ class Block(GradientCheckpointingLayer):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, cache=None, use_cache=False):
-        x = x + self.attn(self.ln_1(x), attn_mask, cache)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, attention_mask=None, cache=None, use_cache=False, **kwargs):
+        a, weights = self.attn(self.ln_1(x), attention_mask, cache, **kwargs)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), weights
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -128,8 +156,20 @@ class MiniGPTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
     _supports_sdpa = True
+    _supports_flash_attn = True  # fused QKV, no bias in the scores: any kernel that takes (q, k, v, mask) fits
+    _supports_flex_attn = True
+    _supports_attention_backend = True  # kwargs reach the attention function (hub kernels, flash varlen arguments)
     _can_compile_fullgraph = True
     _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers', and a folder written for ``trust_remote_code`` names the bare decoder for ``AutoModel``
+        too, whichever class was saved."""
+        if self._auto_class is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.MiniGPTModel"}
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module):
         """nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer), zero biases, unit LayerNorm."""
@@ -146,30 +186,6 @@ class MiniGPTPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-
-
-def _attention_mask(attention_mask, past_length, q_length, kv_length, device):
-    """Boolean SDPA mask (B|1, 1, q, kv) for the cases ``is_causal=True`` gets wrong, or None when it is not needed.
-
-    With a KV cache and several new queries, SDPA's ``is_causal`` aligns the mask to the upper left; the right mask
-    lets query i (absolute position past + i) see keys 0..past + i. Padding (0 in a 2-D ``attention_mask``) hides keys;
-    every query may still see itself, so rows of padding tokens stay finite instead of NaN.
-    """
-    if attention_mask is not None and attention_mask.dim() == 4:  # prepared by the caller (e.g. static-cache generate)
-        return attention_mask
-    if attention_mask is not None and bool(attention_mask.all()):
-        attention_mask = None
-    if attention_mask is None and (past_length == 0 or q_length == 1) and kv_length == past_length + q_length:
-        return None
-    q_pos = torch.arange(past_length, past_length + q_length, device=device)[:, None]
-    k_pos = torch.arange(kv_length, device=device)[None, :]
-    mask = (k_pos <= q_pos)[None, None]
-    if attention_mask is not None:
-        keys = attention_mask.bool()
-        if keys.shape[-1] < kv_length:  # a static cache is longer than the tokens seen so far; causality hides the rest
-            keys = F.pad(keys, (0, kv_length - keys.shape[-1]), value=True)
-        mask = (mask & keys[:, None, None, :kv_length]) | (k_pos == q_pos)
-    return mask
 
 
 class MiniGPTModel(MiniGPTPreTrainedModel):
@@ -191,6 +207,7 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.wte = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -199,48 +216,73 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         cache = cache if cache is not None else past_key_values
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs the eager attention path, not {self.config._attn_implementation!r} "
+                "(its kernels never form the weights): load with attn_implementation='eager' or call "
+                "model.set_attn_implementation('eager')"
+            )
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and cache is None:
-            cache = DynamicCache()
         if not use_cache:
             cache = None
 
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
-        B, T = x.shape[:2]
+        T = x.shape[1]
         past = cache.get_seq_length() if cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {past + T} tokens is longer than the model's block_size ({self.config.block_size}); "
-                "truncate the input or generate fewer tokens"
-            )
+        self._check_positions(past + T, position_ids)
+        # The mask the configured implementation needs: padding, a cache, documents packed in one row (position_ids
+        # restarting at 0, no mask, no cache). None when SDPA's is_causal alone is right: no padding, no cache.
+        mask = create_causal_mask(self.config, x, attention_mask, cache, position_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache()
         if position_ids is None:
             if attention_mask is not None and attention_mask.dim() == 2:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
             else:
-                position_ids = torch.arange(past, past + T, device=x.device)[None]
-        kv_length = cache.layers[0].max_cache_len if getattr(cache, "is_compileable", False) else past + T
-        attn_mask = _attention_mask(attention_mask, past, T, kv_length, x.device)
+                position_ids = (torch.arange(T, device=x.device) + past)[None]
 
         x = self.drop(x + self.wpe(position_ids))
         hidden_states = (x,) if output_hidden_states else None
+        attentions = () if output_attentions else None
         for block in self.h:
-            x = block(x, attn_mask, cache=cache, use_cache=use_cache)
+            x, weights = block(x, mask, cache=cache, use_cache=use_cache, position_ids=position_ids, **kwargs)
             if output_hidden_states:
                 hidden_states += (x,)
+            if output_attentions:
+                attentions += (weights,)
         x = self.ln_f(x)
         if output_hidden_states:
             hidden_states = hidden_states[:-1] + (x,)
-        return BaseModelOutputWithPast(last_hidden_state=x, hidden_states=hidden_states, **{CACHE_FIELD: cache})
+        return BaseModelOutputWithPast(
+            last_hidden_state=x, hidden_states=hidden_states, attentions=attentions, **{CACHE_FIELD: cache}
+        )
+
+    def _check_positions(self, length, position_ids):
+        """Positions index the learned table of ``block_size`` rows: a clear error past it. Packed rows may be longer
+        than ``block_size`` as long as each document's positions fit, so explicit ``position_ids`` are read, but only
+        when the row is too long to fit anyway. Compiled and exported graphs skip this (a data-dependent branch)."""
+        if torch.compiler.is_compiling() or length <= self.config.block_size:
+            return
+        longest = length if position_ids is None else int(position_ids.max()) + 1
+        if longest > self.config.block_size:
+            raise ValueError(
+                f"sequence of {longest} tokens is longer than the model's block_size ({self.config.block_size}); "
+                "truncate the input or generate fewer tokens"
+            )
 
 
 class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
@@ -261,6 +303,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -270,6 +313,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
@@ -282,9 +326,13 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
         )
-        hidden, extras = out.last_hidden_state, {"hidden_states": out.hidden_states, CACHE_FIELD: out.get(CACHE_FIELD)}
+        hidden = out.last_hidden_state
+        extras = {"hidden_states": out.hidden_states, "attentions": out.attentions, CACHE_FIELD: out.get(CACHE_FIELD)}
         chunked = self.config.loss_chunk_size and self.training  # evaluation and inference always get logits
         if chunked and (labels is not None or kwargs.get("shift_labels") is not None):
             return CausalLMOutputWithPast(loss=self._chunked_loss(hidden, labels, **kwargs), **extras)

@@ -275,6 +275,7 @@ def test_save_pretrained_writes_safetensors_code_and_auto_map(tmp_path, model):
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_minigpt.MiniGPTConfig",
+        "AutoModel": "modeling_minigpt.MiniGPTModel",
         "AutoModelForCausalLM": "modeling_minigpt.MiniGPTForCausalLM",
     }
     again = AutoModelForCausalLM.from_pretrained(folder)
