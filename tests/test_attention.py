@@ -14,7 +14,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel
-from minigpt_hf.saving import save_model_folder
+from minigpt_hf.checkpoint import save_model_folder
 
 
 def tiny_config(**overrides):
