@@ -15,8 +15,12 @@ from pathlib import Path
 
 import torch
 
+from typing import TYPE_CHECKING
+
 from .configuration_minigpt import MiniGPTConfig
-from .modeling_minigpt import MiniGPTForCausalLM
+
+if TYPE_CHECKING:  # the model calls into this module (from_gpt2, to_gpt2), never the other way round
+    from .modeling_minigpt import MiniGPTForCausalLM
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -97,8 +101,9 @@ def gpt2_config_to_minigpt(gpt2_config: dict, vocab_size: int | None = None) -> 
     )
 
 
-def convert_state_dict(gpt2_state: dict[str, torch.Tensor], config: MiniGPTConfig) -> dict[str, torch.Tensor]:
-    """Map GPT-2 tensor names/layouts onto MiniGPT's, checking every tensor's presence and shape."""
+def convert_state_dict(gpt2_state: dict[str, torch.Tensor], config: MiniGPTConfig, model_class) -> dict[str, torch.Tensor]:
+    """Map GPT-2 tensor names/layouts onto those of ``model_class(config)``, checking every tensor's presence and
+    shape."""
     state = {}
     for key, tensor in gpt2_state.items():
         if key.endswith(IGNORED_SUFFIXES) or key == "lm_head.weight":  # buffers; the head is tied to wte
@@ -106,7 +111,7 @@ def convert_state_dict(gpt2_state: dict[str, torch.Tensor], config: MiniGPTConfi
         key = key if key.startswith("transformer.") else f"transformer.{key}"
         state[key] = tensor.t().contiguous() if key.endswith(CONV1D_SUFFIXES) else tensor
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in MiniGPTForCausalLM(config).state_dict().items() if k != "lm_head.weight"}
+        expected = {k: v.shape for k, v in model_class(config).state_dict().items() if k != "lm_head.weight"}
     wte = state.get("transformer.wte.weight")
     if wte is not None and wte.shape[0] < config.vocab_size:
         padding = torch.zeros(config.vocab_size - wte.shape[0], wte.shape[1], dtype=wte.dtype)
@@ -124,8 +129,9 @@ def convert_state_dict(gpt2_state: dict[str, torch.Tensor], config: MiniGPTConfi
     return state
 
 
-def load_gpt2(name_or_path: str, vocab_size: int | None = None, dtype: torch.dtype = torch.float32):
-    """A :class:`MiniGPTForCausalLM` with the weights of an HF GPT-2 checkpoint (hub id or local folder).
+def load_gpt2(model_class, name_or_path: str, vocab_size: int | None = None, dtype: torch.dtype = torch.float32):
+    """A ``model_class`` (:class:`MiniGPTForCausalLM`) with the weights of an HF GPT-2 checkpoint (hub id or local
+    folder); ``MiniGPTForCausalLM.from_gpt2`` calls this.
 
     ``vocab_size=50304`` pads the embedding with zero rows (padded ids are never generated).
     """
@@ -134,9 +140,9 @@ def load_gpt2(name_or_path: str, vocab_size: int | None = None, dtype: torch.dty
     if not config_file.exists():
         raise ValueError(f"no config.json in {folder}; is this a GPT-2 checkpoint folder?")
     config = gpt2_config_to_minigpt(json.loads(config_file.read_text()), vocab_size)
-    state = convert_state_dict(_read_state_dict(folder), config)
+    state = convert_state_dict(_read_state_dict(folder), config, model_class)
     with torch.device("meta"):
-        model = MiniGPTForCausalLM(config)
+        model = model_class(config)
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     return model.to(dtype).eval()
@@ -229,7 +235,7 @@ def minigpt_state_dict_to_gpt2(state: dict[str, torch.Tensor], config: MiniGPTCo
     return out
 
 
-def to_gpt2_model(model: MiniGPTForCausalLM):
+def to_gpt2_model(model: "MiniGPTForCausalLM"):
     """A ``transformers.GPT2LMHeadModel`` with the weights of ``model`` (same dtype; its own copy of every tensor)."""
     from transformers import GPT2LMHeadModel
 
@@ -250,7 +256,7 @@ def to_gpt2_model(model: MiniGPTForCausalLM):
     return gpt2.train(model.training)
 
 
-def _load_minigpt(path) -> MiniGPTForCausalLM:
+def _load_minigpt(path) -> "MiniGPTForCausalLM":
     """A saved MiniGPT folder, checked for exportability from its config before any weight is read."""
     folder = Path(path)
     if not folder.is_dir():
@@ -268,7 +274,9 @@ def _load_minigpt(path) -> MiniGPTForCausalLM:
             + ("it is already in GPT-2 format" if model_type == "gpt2" else "pass a folder saved by minigpt_hf")
         )
     check_gpt2_exportable(MiniGPTConfig.from_pretrained(folder))
-    return MiniGPTForCausalLM.from_pretrained(folder)
+    from transformers import AutoModelForCausalLM  # MiniGPT is registered with it when minigpt_hf is imported
+
+    return AutoModelForCausalLM.from_pretrained(folder)
 
 
 def export_gpt2(checkpoint_or_model, out_dir, overwrite: bool = False) -> Path:

@@ -384,7 +384,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         except ImportError as err:
             raise ImportError("from_gpt2 needs the minigpt_hf package: pip install minigpt-hf") from err
 
-        return load_gpt2(name_or_path, **kwargs)
+        return load_gpt2(cls, name_or_path, **kwargs)
 
     def to_gpt2(self):
         """This model as a ``transformers.GPT2LMHeadModel`` (vocabulary padding dropped); see ``conversion``."""
