@@ -536,10 +536,17 @@ def check_resumable(state: dict, checkpoint: Path, config, run_recipe: dict, all
 def load_training_state(accelerator, checkpoint: Path, state: dict, seed: int) -> str | None:
     """Optimizer, scaler and RNG of ``checkpoint``; with another world size (elastic resume), every rank's RNG is
     re-seeded from (seed, step, rank) instead, and a line saying so is returned."""
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     folder = checkpoint / ckpt.TRAINING_STATE_DIR
     rank, world_size = accelerator.process_index, accelerator.num_processes
+    # Accelerate writes the optimizer as optimizer.bin, under FSDP as optimizer_0/ (sharded) or optimizer_0.bin
+    saved_fsdp, fsdp = any(folder.glob("optimizer_0*")), accelerator.distributed_type == DistributedType.FSDP
+    if saved_fsdp != fsdp:
+        how = ("with FSDP (a sharded optimizer state)", "without FSDP") if saved_fsdp else (
+            "without FSDP", "with FSDP")
+        raise ValueError(f"{checkpoint} was saved by a run {how[0]}; this run is launched {how[1]}: resume it with "
+                         "the same kind of launch (accelerate_configs/README.md)")
     elastic = state["world_size"] != world_size
     rng_file = folder / f"random_states_{rank}.pkl"
     if not elastic and not rng_file.is_file():
