@@ -329,6 +329,28 @@ def enable_cpu_fp16(accelerator) -> None:
         accelerator.scaler = torch.amp.GradScaler("cpu")
 
 
+def enable_cpu_fsdp(accelerator) -> None:
+    """Make ``accelerate launch --use_fsdp`` (or an FSDP config) real on CPU processes: FSDP2 over gloo.
+
+    With ``ACCELERATE_USE_CPU=1`` Accelerate 1.15 builds the FSDP plugin from the launcher's ``FSDP_*`` variables but
+    switches to FSDP only on accelerators: on CPU it keeps ``MULTI_CPU`` and silently wraps the model in DDP. torch's
+    ``fully_shard`` works on CPU with gloo, so this sets what ``AcceleratorState`` sets on GPUs (the plugin, and the
+    distributed type in both shared states: a later ``AcceleratorState()`` copies ``PartialState``'s over its own);
+    call it before ``prepare``.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+            and accelerator.distributed_type == DistributedType.MULTI_CPU):
+        plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* environment, as Accelerator() builds it
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        accelerator.state.fsdp_plugin = plugin
+        accelerator.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # stopping on a signal
 
@@ -482,6 +504,9 @@ def save_checkpoint(accelerator, model, tokenizer, path: Path, state: dict) -> N
             # torch.compile names parameters "_orig_mod.<name>"; the saved model uses the plain names
             state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
             raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+            if raw_model.config.tie_word_embeddings:  # FSDP gathers lm_head.weight as a copy: saved once, as with DDP
+                for tied in raw_model._tied_weights_keys or {}:
+                    state_dict.pop(tied, None)
             raw_model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             ckpt.write_trainer_state(tmp, state)
@@ -512,10 +537,17 @@ def check_resumable(state: dict, checkpoint: Path, config, run_recipe: dict, all
 def load_training_state(accelerator, checkpoint: Path, state: dict, seed: int) -> str | None:
     """Optimizer, scaler and RNG of ``checkpoint``; with another world size (elastic resume), every rank's RNG is
     re-seeded from (seed, step, rank) instead, and a line saying so is returned."""
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     folder = checkpoint / ckpt.TRAINING_STATE_DIR
     rank, world_size = accelerator.process_index, accelerator.num_processes
+    # Accelerate writes the optimizer as optimizer.bin, under FSDP as optimizer_0/ (sharded) or optimizer_0.bin
+    saved_fsdp, fsdp = any(folder.glob("optimizer_0*")), accelerator.distributed_type == DistributedType.FSDP
+    if saved_fsdp != fsdp:
+        how = ("with FSDP (a sharded optimizer state)", "without FSDP") if saved_fsdp else (
+            "without FSDP", "with FSDP")
+        raise ValueError(f"{checkpoint} was saved by a run {how[0]}; this run is launched {how[1]}: resume it with "
+                         "the same kind of launch (accelerate_configs/README.md)")
     elastic = state["world_size"] != world_size
     rng_file = folder / f"random_states_{rank}.pkl"
     if not elastic and not rng_file.is_file():
@@ -601,6 +633,7 @@ def setup(model_args, data_args, train_args) -> Run:
         project_dir=train_args.output_dir,
     )
     enable_cpu_fp16(accelerator)
+    enable_cpu_fsdp(accelerator)
     rank, world_size, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != world_size:
