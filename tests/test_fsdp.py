@@ -11,30 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from helpers import ROOT, free_port, launch_env
 from minigpt_hf.checkpoint import read_scalars
 from minigpt_hf.commands import train as train_command
-from minigpt_hf.data import DistributedTokenLoader, ensure_embedded_shards
+from minigpt_hf.data import DistributedTokenLoader
 
 SMALL = ["--preset", "tiny", "--n_layer", "2", "--n_embd", "64", "--block_size", "64"]
 FSDP_CPU = ROOT / "accelerate_configs" / "fsdp_cpu.yaml"
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("shakespeare")
-    ensure_embedded_shards(path, progress=False)
-    return path
+def data_dir(shakespeare):
+    return shakespeare
 
 
 def run_args(data_dir, out, *extra):
