@@ -12,10 +12,9 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-
-from typing import TYPE_CHECKING
 
 from .configuration_minigpt import MiniGPTConfig
 
