@@ -747,7 +747,10 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
     steps_since_log, saved_step = 0, run.start_step
     for step in range(run.start_step, max_steps + 1):
         last_step = step == max_steps
-        stopping = stop is not None and step > run.start_step and stop.agreed(accelerator)
+        # ranks agree on a stop through a collective: in multi-process runs only right after a logged step, where
+        # the host has just synced anyway (so a signal is honoured within --log_every steps; every step by default)
+        check = accelerator.num_processes == 1 or (step - 1) % train_args.log_every == 0
+        stopping = stop is not None and step > run.start_step and check and stop.agreed(accelerator)
 
         if step % train_args.eval_every == 0 or last_step:
             val_loss = evaluate(model, run.val_loader, accelerator, train_args.eval_steps)
