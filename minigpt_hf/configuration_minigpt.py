@@ -1,6 +1,7 @@
 """MiniGPT configuration: GPT-2 small as in the notes, as a ``transformers`` config.
 
-This file is copied next to saved weights (``trust_remote_code`` loading), so it imports only ``transformers``.
+This file is copied next to saved weights (``trust_remote_code`` loading), so it imports only ``transformers`` and
+``presets.py`` (copied with it).
 """
 
 from __future__ import annotations
@@ -8,16 +9,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
-# Named shapes. "gpt2-124m" is the notes' model; the gpt2-* shapes match OpenAI's releases (vocab 50257) so
-# converted weights fit; "tiny" trains on two CPU cores in minutes.
-PRESETS: dict[str, dict] = {
-    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257),
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=50304),
-}
+from .presets import PRESETS
 
 
 @strict

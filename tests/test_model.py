@@ -269,7 +269,7 @@ def test_streamer_yields_the_generated_text(model):
 def test_save_pretrained_writes_safetensors_code_and_auto_map(tmp_path, model):
     folder = save_model_folder(model, tmp_path / "ckpt")
     files = {p.name for p in folder.iterdir()}
-    assert {"model.safetensors", "config.json", "modeling_minigpt.py", "configuration_minigpt.py"} <= files
+    assert {"model.safetensors", "config.json", "modeling_minigpt.py", "configuration_minigpt.py", "presets.py"} <= files
     assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(PrepareArguments, prog="minigpt prepare-data", description=__doc__.split("\n")[0])
     start = time.time()
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
-        from ..training import read_yaml  # JSON is YAML too
+        from ..arguments import read_yaml  # JSON is YAML too
 
         (args,) = parser.parse_dict(read_yaml(argv[0]))
     else:
