@@ -27,7 +27,7 @@ def test_help_lists_every_command_and_each_has_its_own_help(capsys):
 
 def test_unknown_command_and_no_command_are_one_line_errors(capsys):
     assert main(["trian"]) == 2
-    assert capsys.readouterr().err.strip() == "error: unknown command 'trian'; run minigpt --help for the list"
+    assert capsys.readouterr().err.strip() == "error: unknown command 'trian'; did you mean train?"
     assert main([]) == 2
 
 

@@ -131,7 +131,7 @@ def test_config_file_and_flags_flags_win(tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [
-    ("bogus_key: 1\n", "unknown keys bogus_key"),
+    ("bogus_key: 1\n", "unknown key bogus_key"),
     ("mixed_precision: no\n", "quote"),  # YAML reads a bare no as false
 ])
 def test_config_file_errors(tmp_path, bad, match):

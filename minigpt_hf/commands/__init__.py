@@ -67,7 +67,9 @@ def command(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
     def wrapper(argv: list[str] | None = None) -> int:
         try:
             return main(argv) or 0
-        except input_errors() as err:
+        except Exception as err:  # (not `except input_errors()`: that would import them for every SystemExit)
+            if not isinstance(err, input_errors()):
+                raise
             if is_main_process():
                 print(f"error: {describe(err)}", file=sys.stderr, flush=True)
             return EXIT_INPUT_ERROR
@@ -91,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else EXIT_INPUT_ERROR
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"error: unknown command {name!r}; run minigpt --help for the list", file=sys.stderr)
+        import difflib
+
+        near = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else "run minigpt --help for the list"
+        print(f"error: unknown command {name!r}; {hint}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
     return module.main(rest)

@@ -8,16 +8,15 @@ The folder is a complete ``save_pretrained`` layout (safetensors, config, modeli
 
 from __future__ import annotations
 
-import argparse
 
+from ..arguments import ArgumentParser, model_source
 from . import command
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="minigpt convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="GPT-2 checkpoint: a hub id (gpt2, gpt2-medium, ...) or a local folder")
+    parser = ArgumentParser(prog="minigpt convert", description=__doc__)
+    parser.add_argument("source", type=model_source, help="GPT-2 checkpoint: a hub id (gpt2, gpt2-medium, ...) or a local folder")
     parser.add_argument("output", help="folder to write (must not exist unless --overwrite)")
     parser.add_argument("--vocab_size", type=int, default=None, help="pad the vocabulary, e.g. 50304 (default: keep)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

@@ -12,19 +12,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..evaluation import add_model_args
-from ..evaluation.hellaswag import DEFAULT_CACHE_DIR
+from ..arguments import ArgumentParser, add_model_args, model_source
 from . import command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="minigpt eval-hellaswag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="minigpt eval-hellaswag", description=__doc__)
     add_model_args(parser)
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: --model)")
+    parser.add_argument("--tokenizer", default=None, type=model_source, help="tokenizer folder or hub id (default: --model)")
     parser.add_argument(
         "--data", type=Path, default=None, help="HellaSwag .jsonl or datasets folder (default: download val)"
     )
-    parser.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE_DIR, help="download folder (%(default)s)")
+    parser.add_argument("--cache_dir", type=Path, default=None,
+                        help="download folder (default: ~/.cache/minigpt_hf/hellaswag)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
@@ -40,11 +40,11 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from ..evaluation import evaluate_hellaswag, finish, load_hellaswag, load_model
-    from ..evaluation.hellaswag import METRIC_DEFINITIONS, download_hellaswag
+    from ..evaluation.hellaswag import DEFAULT_CACHE_DIR, METRIC_DEFINITIONS, download_hellaswag
 
     accelerator = Accelerator()
     with accelerator.main_process_first():  # only the main process downloads
-        data = args.data or download_hellaswag(args.cache_dir)
+        data = args.data or download_hellaswag(args.cache_dir or DEFAULT_CACHE_DIR)
     examples = load_hellaswag(data)
     model = load_model(args.model, args.dtype, args.trust_remote_code, args.device or accelerator.device)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)

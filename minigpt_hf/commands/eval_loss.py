@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..arguments import ArgumentParser, add_model_args
 from . import command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from ..evaluation import add_model_args
-
-    parser = argparse.ArgumentParser(prog="minigpt eval-loss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    
+    parser = ArgumentParser(prog="minigpt eval-loss", description=__doc__)
     add_model_args(parser)
     parser.add_argument("--data", type=Path, required=True, help="a .npy token shard, or a data folder of shards")
     parser.add_argument("--split", default="val", help="which shards of a data folder (default: val)")

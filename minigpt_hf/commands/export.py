@@ -9,16 +9,15 @@ never predicted).
 
 from __future__ import annotations
 
-import argparse
 
+from ..arguments import ArgumentParser, model_folder
 from . import command
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="minigpt export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a MiniGPT checkpoint or model folder")
+    parser = ArgumentParser(prog="minigpt export", description=__doc__)
+    parser.add_argument("checkpoint", type=model_folder, help="a MiniGPT checkpoint or model folder")
     parser.add_argument("output", help="folder to write (must not exist unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)

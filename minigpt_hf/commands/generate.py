@@ -9,18 +9,17 @@ Defaults are the notes' sampling: 4 samples, top-k 50, 32 tokens in all, prompt 
 
 from __future__ import annotations
 
-import argparse
 
+from ..arguments import DTYPES, ArgumentParser, model_folder, model_source
 from . import command
 
 PROMPT = "Hello, I'm a language model,"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="minigpt generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", help="a saved model folder (default: random init of --preset)")
-    parser.add_argument("--from_gpt2", metavar="PATH", help="GPT-2 weights: hub id (gpt2, ...) or local folder")
+    parser = ArgumentParser(prog="minigpt generate", description=__doc__)
+    parser.add_argument("checkpoint", nargs="?", type=model_folder, help="a saved model folder (default: random init of --preset)")
+    parser.add_argument("--from_gpt2", metavar="PATH", type=model_source, help="GPT-2 weights: hub id (gpt2, ...) or local folder")
     parser.add_argument("--preset", default="gpt2-124m", help="shape of the random model (default: gpt2-124m)")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--num_samples", type=int, default=4)
@@ -32,7 +31,7 @@ def parse_args(argv):
     parser.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (default: fp32)")
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weight dtype (default: fp32)")
     args = parser.parse_args(argv)
     if args.checkpoint and args.from_gpt2:
         raise ValueError("pass a checkpoint folder or --from_gpt2, not both")
@@ -80,12 +79,12 @@ def load(args):
 
 @command
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     import torch
 
     from ..evaluation import parse_dtype
     from ..tokenization import get_tokenizer
 
-    args = parse_args(argv)
     device, dtype = pick_device(args.device), parse_dtype(args.dtype)
     model = load(args).to(device, dtype).eval()
     tokenizer = get_tokenizer()

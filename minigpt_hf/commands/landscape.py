@@ -14,18 +14,18 @@ import argparse
 import json
 from pathlib import Path
 
-from ..evaluation import add_model_args
+from ..arguments import ArgumentParser, add_model_args, model_source
 from . import command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="minigpt landscape", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="minigpt landscape", description=__doc__)
     add_model_args(parser, positional=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="a .npy token shard, or a data folder of shards")
     source.add_argument("--text", type=Path, help="a UTF-8 text file, tokenized with --tokenizer")
     parser.add_argument("--split", default="val", help="which shards of a data folder (default: val)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer for --text (default: CHECKPOINT)")
+    parser.add_argument("--tokenizer", default=None, type=model_source, help="tokenizer for --text (default: CHECKPOINT)")
     parser.add_argument("--grid", type=int, default=21, help="points per axis, odd (default: 21)")
     parser.add_argument("--span", type=float, default=1.0, help="alpha and beta run over [-span, span] (default: 1)")
     parser.add_argument("--batch_size", type=int, default=8, help="windows in the fixed batch (default: 8)")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..arguments import ArgumentParser
 from . import command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="minigpt plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="minigpt plot", description=__doc__)
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="folder holding the run's event files")
     parser.add_argument("--out", type=Path, default=None, help="where the PNGs go (default: RUN_DIR/figures)")
     return parser.parse_args(argv)
@@ -23,9 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @command
 def main(argv=None) -> int:
+    args = parse_args(argv)
     from ..plotting import plot_training
 
-    args = parse_args(argv)
     written = plot_training(args.run_dir, args.out)
     for path in written.values():
         print(f"wrote {path}")

@@ -16,9 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from .. import data
+from ..arguments import from_mapping, parse_dataclasses, read_yaml
 from . import command
 
 
@@ -45,13 +43,13 @@ class PrepareArguments:
     shard_size: int | None = field(
         default=None,
         metadata={
-            "help": f"Tokens per train shard; default {data.SHARD_SIZE:,} ({data.EMBEDDED_SHARD_SIZE:,} embedded)."
+            "help": "Tokens per train shard; default 10,000,000 (the notes), 250,000 for the embedded corpus."
         },
     )
     val_tokens: int | None = field(
         default=None,
         metadata={
-            "help": f"Tokens of the val split; default {data.VAL_TOKENS:,} ({data.EMBEDDED_VAL_TOKENS:,} embedded)."
+            "help": "Tokens of the val split; default 1,000,000 (the notes), 100,000 for the embedded corpus."
         },
     )
     max_tokens: int | None = field(default=None, metadata={"help": "Stop after this many tokens (val + train)."})
@@ -68,21 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser(PrepareArguments, prog="minigpt prepare-data", description=__doc__.split("\n")[0])
+    prog = "minigpt prepare-data"
     start = time.time()
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
-        from ..arguments import read_yaml  # JSON is YAML too
-
-        (args,) = parser.parse_dict(read_yaml(argv[0]))
+        args = from_mapping(PrepareArguments, read_yaml(argv[0]), argv[0], prog)  # JSON is YAML too
     else:
-        (args,) = parser.parse_args_into_dataclasses(argv)
+        (args,) = parse_dataclasses((PrepareArguments,), argv, prog, __doc__, config_flag=False)
     manifest = prepare(args)
+    from .. import data
+
     print(f"wrote {args.out_dir} in {time.time() - start:.1f} s: {data.manifest_summary(manifest)}")
     return 0
 
 
 def prepare(args: PrepareArguments) -> dict:
     """Open the source that `args` name and write its shards; the manifest."""
+    from .. import data
+
     if args.dataset and args.input:
         raise ValueError("give --dataset or --input, not both")
     shard_size, val_tokens = data.SHARD_SIZE, data.VAL_TOKENS

@@ -16,13 +16,14 @@ import argparse
 import json
 from pathlib import Path
 
+from ..arguments import ArgumentParser, model_folder
 from . import command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="minigpt push", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="minigpt push", description=__doc__)
     add = parser.add_argument
-    add("checkpoint", type=Path, help="a checkpoint or model folder (save_pretrained layout)")
+    add("checkpoint", type=lambda name: Path(model_folder(name)), help="a checkpoint or model folder (save_pretrained layout)")
     add("--repo-id", "--repo_id", dest="repo_id", required=True, help="USER/NAME on the Hub")
     add("--private", action="store_true", help="create the repo private (if it does not exist yet)")
     add("--include-training-state", "--include_training_state", dest="include_training_state", action="store_true",
@@ -72,10 +73,10 @@ def card_info(args: argparse.Namespace) -> dict:
 
 @command
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from ..hub import files_to_upload, format_file_list, push_folder
     from ..model_card import make_model_card
 
-    args = parse_args(argv)
     files = files_to_upload(args.checkpoint, args.include_training_state)
     info = card_info(args)
     write_card = args.update_card or not (args.checkpoint / "README.md").exists()

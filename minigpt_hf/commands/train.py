@@ -15,6 +15,9 @@ from . import command
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    from ..training import parse_args, train
+    from ..arguments import parse_args
 
-    return train(*parse_args(argv))
+    args = parse_args(argv)  # before the trainer's imports: --help and bad flags answer at once
+    from ..training import train
+
+    return train(*args)

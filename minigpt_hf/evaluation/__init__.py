@@ -1,23 +1,21 @@
 """Evaluation that works on any ``AutoModelForCausalLM``: HellaSwag accuracy and validation loss.
 
 Both evaluations shard their work over the processes of an ``accelerate`` launch and gather the per-example results,
-so the metrics of a multi-process run equal those of a single process. :func:`load_model`, :func:`parse_dtype` and
-:func:`add_model_args` are the shared pieces of the commands.
+so the metrics of a multi-process run equal those of a single process. :func:`load_model` and :func:`parse_dtype` are the
+shared pieces of the commands.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 from pathlib import Path
 
+from ..arguments import DTYPES, could_be_hub_id
 from .hellaswag import evaluate_hellaswag, load_hellaswag, score_example
 from .loss import context_length, evaluate_loss, load_tokens, make_windows, token_losses
 
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
-          "float16": "float16", "auto": "auto"}
 
 __all__ = [
-    "add_model_args",
     "finish",
     "context_length",
     "evaluate_hellaswag",
@@ -42,19 +40,6 @@ def parse_dtype(name: str):
     return DTYPES[name] if name == "auto" else getattr(torch, DTYPES[name])
 
 
-def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) -> None:
-    """Add the model flags the commands share: the model (``--model`` or positional), ``--trust_remote_code``,
-    ``--dtype`` and ``--device``."""
-    help_model = "checkpoint folder or hub id, loaded with AutoModelForCausalLM.from_pretrained"
-    if positional:
-        parser.add_argument("model", metavar="CHECKPOINT", help=help_model)
-    else:
-        parser.add_argument("--model", required=True, help=help_model)
-    parser.add_argument("--trust_remote_code", action="store_true", help="allow modeling code saved with the model")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weight dtype (default: fp32)")
-    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: cuda if available, else cpu)")
-
-
 def load_model(name: str, dtype: str = "fp32", trust_remote_code: bool = False, device=None):
     """``AutoModelForCausalLM.from_pretrained(name)`` in eval mode, in ``dtype``, moved to ``device`` if given.
 
@@ -67,11 +52,17 @@ def load_model(name: str, dtype: str = "fp32", trust_remote_code: bool = False, 
 
     torch_dtype = parse_dtype(dtype)
     local = Path(name).expanduser()
-    if local.exists() or str(name).startswith((".", "/", "~")):
+    if local.exists() or not could_be_hub_id(str(name)):
         verify_folder(local)
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
+    except OSError as err:
+        if local.exists():
+            raise
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        raise FileNotFoundError(f"{name}: no such model folder, and no model of that name could be loaded from the "
+                                f"Hub{offline}; pass a checkpoint folder or a Hub id such as gpt2") from err
+    except ValueError:
         raise
     except Exception as err:  # safetensors' SafetensorError and friends: a damaged weight file
         raise ValueError(f"{name}: cannot read the weights ({type(err).__name__}: {err}); the file is damaged, "
