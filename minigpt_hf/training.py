@@ -227,16 +227,21 @@ def train_step(model, optimizer, loader, accelerator, grad_accum: int, lr: float
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, steps: int) -> float:
-    """Mean loss over `steps` validation batches per process, averaged over all processes."""
+def evaluate(model, loader, accelerator, steps: int) -> tuple[float, float]:
+    """Mean loss over `steps` validation batches per process, averaged over all processes, and the bits per byte of
+    the same targets over all processes (:mod:`minigpt_hf.evaluation.loss` defines it)."""
+    from .evaluation.loss import bits_per_byte, nats_and_bytes
+
     model.eval()
     loader.reset()
-    loss = torch.zeros((), device=accelerator.device)
+    sums = 0  # nats, nats of the targets with bytes, bytes: one tensor, no host sync until the reduce
     for _ in range(steps):
         x, y = loader.next_batch()
-        loss += model(x.to(accelerator.device), shift_labels=y.to(accelerator.device)).loss / steps
+        per_row = nats_and_bytes(model(x.to(accelerator.device)).logits, y)
+        sums = sums + torch.stack([t.sum().to(per_row[0].dtype) for t in per_row])
     model.train()
-    return accelerator.reduce(loss, reduction="mean").item()
+    nats, counted, n_bytes = accelerator.reduce(sums, reduction="sum").tolist()
+    return nats / (accelerator.num_processes * steps * y.numel()), bits_per_byte(counted, n_bytes)
 
 
 @torch.no_grad()
@@ -545,9 +550,9 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
         stopping = stop is not None and step > run.start_step and check and stop.agreed(accelerator)
 
         if step % train_args.eval_every == 0 or last_step:
-            val_loss = evaluate(model, run.val_loader, accelerator, train_args.eval_steps)
-            accelerator.log({"val/loss": val_loss}, step=step)
-            run.log(f"step {step} | val {val_loss:.4f}")
+            val_loss, val_bpb = evaluate(model, run.val_loader, accelerator, train_args.eval_steps)
+            accelerator.log({"val/loss": val_loss, "val/bpb": val_bpb}, step=step)
+            run.log(f"step {step} | val {val_loss:.4f} | bpb {val_bpb:.4f}")
 
         if run.hellaswag and (step % train_args.hellaswag_every == 0 or last_step):
             from .evaluation.hellaswag import evaluate_hellaswag
