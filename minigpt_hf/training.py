@@ -419,6 +419,7 @@ def setup(model_args, data_args, train_args) -> Run:
     from .data import DistributedTokenLoader, ensure_embedded_shards, manifest_hash, read_manifest
     from .modeling_minigpt import MiniGPTForCausalLM
     from .tokenization import get_tokenizer
+    from .trackers import build_trackers
 
     args = (model_args, data_args, train_args)
     B, T = data_args.micro_batch_size, data_args.seq_len
@@ -426,7 +427,8 @@ def setup(model_args, data_args, train_args) -> Run:
     accelerator = Accelerator(
         mixed_precision=train_args.mixed_precision,
         dynamo_backend="inductor" if train_args.compile else "no",
-        log_with="tensorboard",
+        log_with=build_trackers(train_args.report_to, train_args.output_dir, train_args.project, train_args.run_name,
+                                train_args.tags),
         project_dir=train_args.output_dir,
     )
     enable_cpu_fp16(accelerator)
@@ -502,8 +504,8 @@ def setup(model_args, data_args, train_args) -> Run:
             lock.release()
         raise
 
-    # logging: TensorBoard through Accelerate, log.txt and a progress bar on the main process
-    accelerator.init_trackers(ckpt.TENSORBOARD_DIR, config=flat_config(args))
+    # logging: the --report_to trackers through Accelerate, log.txt and a progress bar on the main process
+    accelerator.init_trackers(train_args.project, config=flat_config(args))
     if train_args.push_to_hub and accelerator.is_main_process:
         from .hub import HubPusher
 
@@ -535,6 +537,8 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
     """The loop: evaluate, sample and checkpoint on their schedules, one optimizer step at a time. A signal stops it
     after the current step, with a checkpoint."""
     from tqdm import tqdm
+
+    from .trackers import log_samples
 
     model_args, data_args, train_args = run.args
     accelerator, model = run.accelerator, run.model
@@ -571,7 +575,7 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
                 run.log(lines)
             else:
                 print(lines, flush=True)
-            accelerator.log({"samples": "\n\n".join(f"    {text}" for text in samples)}, step=step)
+            log_samples(accelerator, samples, step)  # as text, to the trackers that take text
 
         if step > run.start_step and (step % train_args.save_every == 0 or last_step or stopping):
             path = ckpt.checkpoint_path(train_args.output_dir, step)
