@@ -105,6 +105,20 @@ class TrainArguments:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
     seed: int = field(default=1337)
     log_every: int = field(default=1, metadata={"help": "log the training metrics every N steps"})
+    report_to: str = field(
+        default="tensorboard",
+        metadata={"help": "where the metrics go: tensorboard (minigpt plot reads it), wandb, mlflow, comet_ml, aim, "
+                          "clearml, dvclive, swanlab, trackio; several comma-separated, all (every one installed) or "
+                          "none. pip install 'minigpt-hf[trackers]' adds wandb and mlflow"})
+    project: str = field(
+        default="minigpt_hf",
+        metadata={"help": "the trackers' project: W&B project, MLflow experiment, ... (WANDB_PROJECT and "
+                          "MLFLOW_EXPERIMENT_NAME win when set)"})
+    run_name: str | None = field(
+        default=None, metadata={"help": "the run's name in the trackers (default: the output folder's name)"})
+    tags: str | None = field(
+        default=None, metadata={"help": "comma-separated tags of the run in W&B, MLflow (key=value or key) and "
+                                        "ClearML"})
     eval_every: int = field(default=50, metadata={"help": "validation loss every N steps (and at the end)"})
     eval_steps: int = field(default=20, metadata={"help": "validation batches per evaluation, per process"})
     sample_every: int = field(default=50, metadata={"help": "generate samples every N steps (and at the end)"})
@@ -136,6 +150,10 @@ class TrainArguments:
                                          "logged"})
 
     def __post_init__(self):
+        from .trackers import parse_tags, resolve_report_to
+
+        self.report_to = ",".join(resolve_report_to(self.report_to)) or "none"  # also from a YAML list
+        self.tags = ",".join(parse_tags(self.tags)) or None
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id USER/NAME")
         positive = ("total_batch_size", "max_steps", "log_every", "eval_every", "eval_steps", "sample_every",

@@ -293,7 +293,7 @@ def export_gpt2(checkpoint_or_model, out_dir, overwrite: bool = False) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # before loading anything: fail fast, keep the old folder
         raise FileExistsError(
-            f"{out_dir} already exists; choose another output folder or pass --overwrite (overwrite=True)"
+            f"{out_dir} already exists; choose another output folder or pass --overwrite"
         )
     if isinstance(checkpoint_or_model, torch.nn.Module):  # also the trust_remote_code copy of the class
         model = checkpoint_or_model

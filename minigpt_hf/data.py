@@ -305,7 +305,7 @@ def _prepare_locked(documents, out_dir: Path, prefix, shard_size, val_tokens, ma
     if existing and not overwrite:
         raise FileExistsError(
             f"{out_dir} already holds a manifest or {prefix}_* shards ({len(existing)} files, e.g. "
-            f"{existing[0].name}); pass --overwrite (overwrite=True) to replace them"
+            f"{existing[0].name}); pass --overwrite to replace them"
         )
     _sweep_data_dir(out_dir, keep=old_files)
     get_encoding()  # build the BPE once, before the workers fork

@@ -88,11 +88,28 @@ def plot_landscape(result: dict, final_loss: float, out_dir) -> dict[str, Path]:
     ax.legend()
     fig.savefig(paths["landscape_contour.png"])
 
-    fig, ax = new_figure(figsize=(8, 7), projection="3d")
-    ax.plot_surface(a, b, result["losses"], cmap="viridis", alpha=0.8)
-    ax.scatter([0], [0], [final_loss], color="red", s=60, depthshade=False, label=label)
+    surface_figure(result, final_loss).savefig(paths["landscape_surface.png"])
+    return paths
+
+
+def surface_figure(result: dict, final_loss: float):
+    """The 3-D surface of a :func:`loss_landscape` result with the trained weights' loss marked at (0, 0).
+
+    The surface is opaque (a translucent one shows its far corner through the front), and artists are drawn in their
+    zorder rather than by mplot3d's depth sort, which put the marker at the minimum under the surface.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    a, b = np.meshgrid(result["alphas"], result["betas"], indexing="ij")
+    fig, ax = new_figure(figsize=(8, 7), projection="3d", computed_zorder=False)
+    ax.plot_surface(a, b, result["losses"], cmap="viridis", rstride=1, cstride=1, linewidth=0, antialiased=False,
+                    zorder=1)
+    ax.scatter([0], [0], [final_loss], color="red", edgecolor="white", s=80, depthshade=False,
+               label=f"final loss {final_loss:.4f}", zorder=3)
     ax.set(title="Figure 6: loss landscape", xlabel="alpha", ylabel="beta", zlabel="loss")
+    for axis in (ax.xaxis, ax.yaxis):  # five ticks, and the axis labels set off from them
+        axis.set_major_locator(MaxNLocator(5))
+        axis.labelpad = 10
     ax.zaxis.labelpad = 14
     ax.legend()
-    fig.savefig(paths["landscape_surface.png"])
-    return paths
+    return fig

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ HOMEPAGE = "https://github.com/minigpt-hf/minigpt_hf"
 TEMPLATE = Path(__file__).parent / "assets" / "templates" / "model_card.md"
 TAGS = ["gpt2", "nanogpt", "minigpt", "causal-lm", "custom_code"]
 HELLASWAG_DATASET = "Rowan/hellaswag"
+HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "name" or "namespace/name"
+TOKENS_PER_PARAMETER = 20  # Chinchilla's compute-optimal ratio (Hoffmann et al., 2022)
 HYPERPARAMETERS = {  # what the card shows of a trainer checkpoint's trainer_state.json
     "train": ("total_batch_size", "max_steps", "max_lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2",
               "adam_epsilon", "grad_clip", "mixed_precision", "seed"),
@@ -44,16 +47,27 @@ def _count_parameters(folder: Path) -> tuple[int, str] | None:
 
 
 def _data_from_source(source: dict | None) -> tuple[list[str], str | None]:
-    """Hub dataset ids and a description from a shard manifest's ``source`` (see ``minigpt_hf.data``)."""
+    """Hub dataset ids and a description from a shard manifest's ``source`` (see ``minigpt_hf.data``). The Hub's
+    ``datasets:`` metadata takes dataset ids only, so the embedded corpus and local files give none (the
+    description, in the card's body, says what they were)."""
     if not source:
         return [], None
     if source.get("type") == "dataset":
         name = source["name"]
         config = f" ({source['config']})" if source.get("config") else ""
-        return [name], f"[{name}](https://huggingface.co/datasets/{name}){config}, split {source.get('split', 'train')}"
+        ids = [name] if HUB_DATASET_ID.fullmatch(name) else []  # a local builder folder is no Hub id
+        return ids, f"[{name}](https://huggingface.co/datasets/{name}){config}, split {source.get('split', 'train')}"
     if source.get("type") == "embedded":
-        return [source["description"]], f"the corpus embedded in minigpt_hf: {source['description']}"
+        return [], f"the corpus embedded in minigpt_hf: {source['description']}"
     return [], "local files: " + ", ".join(map(str, source.get("paths", [])))
+
+
+def _tokens(n: float) -> str:
+    """``2.5B``, ``66M``, ``800k``: a token count at a glance."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2g}{unit}" if n < 10 * size else f"{n / size:.0f}{unit}"
+    return f"{n:.0f}"
 
 
 def _fmt(value: Any) -> str:
@@ -141,6 +155,8 @@ def make_model_card(folder: str | os.PathLike, info: dict | None = None) -> str:
         hyperparameters=_table(sorted((info.get("hyperparameters") or {}).items()), ("Name", "Value")),
         results=_table(results, ("Metric", "Value")), gpt2_hellaswag=GPT2_124M_HELLASWAG,
         gpt2_copy=bool(info.get("gpt2_copy")),
+        budget=params and (f"{_tokens(params[0])} parameters is about "
+                           f"{_tokens(TOKENS_PER_PARAMETER * params[0])} tokens"),
     )
     return card.content
 

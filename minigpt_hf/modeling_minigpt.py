@@ -21,9 +21,11 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import can_return_tuple
+from transformers.utils import can_return_tuple, logging
 
 from .configuration_minigpt import MiniGPTConfig
+
+logger = logging.get_logger(__name__)
 
 # transformers 5.x renamed the cache argument and output field from `past_key_values` to `cache`; both are accepted,
 # and outputs use whichever name the installed version's generate() reads back.
@@ -229,11 +231,11 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
             output_hidden_states = self.config.output_hidden_states
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions=True needs the eager attention path, not {self.config._attn_implementation!r} "
-                "(its kernels never form the weights): load with attn_implementation='eager' or call "
-                "model.set_attn_implementation('eager')"
+        if output_attentions and self.config._attn_implementation != "eager":  # transformers' contract: warn, go on
+            logger.warning_once(
+                f"output_attentions=True: the {self.config._attn_implementation!r} attention implementation returns "
+                'no attention weights, so `attentions` is empty; load the model with attn_implementation="eager" (or '
+                'call model.set_attn_implementation("eager")) to get them'
             )
         if self.gradient_checkpointing and self.training:
             use_cache = False
@@ -262,7 +264,7 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
             x, weights = block(x, mask, cache=cache, use_cache=use_cache, position_ids=position_ids, **kwargs)
             if output_hidden_states:
                 hidden_states += (x,)
-            if output_attentions:
+            if output_attentions and self.config._attn_implementation == "eager":  # others: (), as GPT-2's
                 attentions += (weights,)
         x = self.ln_f(x)
         if output_hidden_states:

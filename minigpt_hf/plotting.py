@@ -10,10 +10,12 @@ without touching pyplot's global state. Each ``plot_*`` function returns the ``F
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint as ckpt
 from .checkpoint import read_scalars
 from .evaluation.hellaswag import CHANCE, GPT2_124M_HELLASWAG
 
@@ -74,9 +76,33 @@ FIGURES = {  # file stem -> (plot function, tags: the figure is drawn if any of 
 }
 
 
+def _require_tensorboard(run_dir) -> None:
+    """A clear error when a run folder has no TensorBoard events, saying which trackers its checkpoints say it used
+    instead (``--report_to`` without tensorboard)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(p.is_file() for p in run_dir.rglob("*tfevents*")):
+        return
+    checkpoints, report_to = ckpt.list_checkpoints(run_dir), None
+    try:
+        state = json.loads((checkpoints[-1][1] / ckpt.TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+        report_to = state["args"]["train"]["report_to"]
+    except (IndexError, OSError, ValueError, KeyError, TypeError):  # no checkpoint, or one from before --report_to
+        pass
+    if report_to and "tensorboard" not in report_to.split(","):
+        what = "to no tracker" if report_to == "none" else f"to {report_to} only"
+        elsewhere = "" if report_to == "none" else f", or view the curves in {report_to}"
+        raise FileNotFoundError(
+            f"{run_dir}: no TensorBoard event files: this run logged {what} (--report_to {report_to}), and the "
+            "figures are drawn from TensorBoard's events; train with tensorboard among the trackers (the default, or "
+            f"e.g. --report_to tensorboard,wandb){elsewhere}")
+    raise FileNotFoundError(f"{run_dir}: no TensorBoard event files (*tfevents*) found; give the --output_dir of a run "
+                            "trained with --report_to tensorboard (the default)")
+
+
 def plot_training(run_dir, out_dir=None) -> dict[str, Path]:
     """Draw every figure whose tags are logged under ``run_dir`` into ``out_dir`` (default ``run_dir/figures``) as
     PNG; print a note for each figure skipped. Returns ``{stem: png_path}`` of the figures written."""
+    _require_tensorboard(run_dir)
     scalars = read_scalars(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)

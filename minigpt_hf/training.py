@@ -227,16 +227,21 @@ def train_step(model, optimizer, loader, accelerator, grad_accum: int, lr: float
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, steps: int) -> float:
-    """Mean loss over `steps` validation batches per process, averaged over all processes."""
+def evaluate(model, loader, accelerator, steps: int) -> tuple[float, float]:
+    """Mean loss over `steps` validation batches per process, averaged over all processes, and the bits per byte of
+    the same targets over all processes (:mod:`minigpt_hf.evaluation.loss` defines it)."""
+    from .evaluation.loss import bits_per_byte, nats_and_bytes
+
     model.eval()
     loader.reset()
-    loss = torch.zeros((), device=accelerator.device)
+    sums = 0  # nats, nats of the targets with bytes, bytes: one tensor, no host sync until the reduce
     for _ in range(steps):
         x, y = loader.next_batch()
-        loss += model(x.to(accelerator.device), shift_labels=y.to(accelerator.device)).loss / steps
+        per_row = nats_and_bytes(model(x.to(accelerator.device)).logits, y)
+        sums = sums + torch.stack([t.sum().to(per_row[0].dtype) for t in per_row])
     model.train()
-    return accelerator.reduce(loss, reduction="mean").item()
+    nats, counted, n_bytes = accelerator.reduce(sums, reduction="sum").tolist()
+    return nats / (accelerator.num_processes * steps * y.numel()), bits_per_byte(counted, n_bytes)
 
 
 @torch.no_grad()
@@ -414,6 +419,7 @@ def setup(model_args, data_args, train_args) -> Run:
     from .data import DistributedTokenLoader, ensure_embedded_shards, manifest_hash, read_manifest
     from .modeling_minigpt import MiniGPTForCausalLM
     from .tokenization import get_tokenizer
+    from .trackers import build_trackers
 
     args = (model_args, data_args, train_args)
     B, T = data_args.micro_batch_size, data_args.seq_len
@@ -421,7 +427,8 @@ def setup(model_args, data_args, train_args) -> Run:
     accelerator = Accelerator(
         mixed_precision=train_args.mixed_precision,
         dynamo_backend="inductor" if train_args.compile else "no",
-        log_with="tensorboard",
+        log_with=build_trackers(train_args.report_to, train_args.output_dir, train_args.project, train_args.run_name,
+                                train_args.tags),
         project_dir=train_args.output_dir,
     )
     enable_cpu_fp16(accelerator)
@@ -497,8 +504,8 @@ def setup(model_args, data_args, train_args) -> Run:
             lock.release()
         raise
 
-    # logging: TensorBoard through Accelerate, log.txt and a progress bar on the main process
-    accelerator.init_trackers(ckpt.TENSORBOARD_DIR, config=flat_config(args))
+    # logging: the --report_to trackers through Accelerate, log.txt and a progress bar on the main process
+    accelerator.init_trackers(train_args.project, config=flat_config(args))
     if train_args.push_to_hub and accelerator.is_main_process:
         from .hub import HubPusher
 
@@ -531,6 +538,8 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
     after the current step, with a checkpoint."""
     from tqdm import tqdm
 
+    from .trackers import log_samples
+
     model_args, data_args, train_args = run.args
     accelerator, model = run.accelerator, run.model
     rank, main_process = accelerator.process_index, accelerator.is_main_process
@@ -545,9 +554,9 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
         stopping = stop is not None and step > run.start_step and check and stop.agreed(accelerator)
 
         if step % train_args.eval_every == 0 or last_step:
-            val_loss = evaluate(model, run.val_loader, accelerator, train_args.eval_steps)
-            accelerator.log({"val/loss": val_loss}, step=step)
-            run.log(f"step {step} | val {val_loss:.4f}")
+            val_loss, val_bpb = evaluate(model, run.val_loader, accelerator, train_args.eval_steps)
+            accelerator.log({"val/loss": val_loss, "val/bpb": val_bpb}, step=step)
+            run.log(f"step {step} | val {val_loss:.4f} | bpb {val_bpb:.4f}")
 
         if run.hellaswag and (step % train_args.hellaswag_every == 0 or last_step):
             from .evaluation.hellaswag import evaluate_hellaswag
@@ -566,7 +575,7 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
                 run.log(lines)
             else:
                 print(lines, flush=True)
-            accelerator.log({"samples": "\n\n".join(f"    {text}" for text in samples)}, step=step)
+            log_samples(accelerator, samples, step)  # as text, to the trackers that take text
 
         if step > run.start_step and (step % train_args.save_every == 0 or last_step or stopping):
             path = ckpt.checkpoint_path(train_args.output_dir, step)

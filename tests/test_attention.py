@@ -162,10 +162,65 @@ def test_output_attentions_returns_every_layers_weights():
     assert eager(x).attentions is None
 
 
-def test_output_attentions_without_eager_is_a_clear_error():
-    sdpa, _ = pair()
-    with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        sdpa(ids(), output_attentions=True)
+@pytest.mark.parametrize("implementation", ["sdpa", "flex_attention"])
+def test_output_attentions_without_eager_warns_once_and_goes_on(implementation):
+    """transformers' contract (its sdpa/flash integrations, GPT-2): no error, one warning naming eager, no weights."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    from minigpt_hf import modeling_minigpt
+
+    sdpa, other = pair(implementation)
+    x = ids()
+    logging.warning_once.cache_clear()  # "once" per process: start from a clean slate
+    with torch.no_grad():  # flex attention has no CPU backward
+        with CaptureLogger(modeling_minigpt.logger) as first:
+            out = other(x, output_attentions=True, output_hidden_states=True)
+        with CaptureLogger(modeling_minigpt.logger) as second:
+            again = other.transformer(x, output_attentions=True)
+        reference = sdpa(x).logits
+    assert 'attn_implementation="eager"' in first.out and repr(implementation) in first.out
+    assert second.out == ""  # once
+    assert out.attentions == () and again.attentions == ()  # what GPT2LMHeadModel returns under sdpa
+    torch.testing.assert_close(out.logits, reference, atol=1e-5, rtol=1e-4)  # the forward is unchanged
+    assert len(out.hidden_states) == other.config.n_layer + 1
+
+
+def test_eager_matches_sdpa_with_output_attentions():
+    """transformers' common test_eager_matches_sdpa_inference_fp32_pad_left_output_attentions, on this model: batch
+    7, the last row left-padded, hidden states and attentions asked of both; the last hidden state agrees on the real
+    tokens, eager returns the weights and sdpa none."""
+    sdpa, eager = pair()
+    x = ids(batch=7, length=7)
+    mask = torch.ones_like(x)
+    mask[-1, :2] = 0
+    kwargs = dict(attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        out_eager, out_sdpa = eager(x, **kwargs), sdpa(x, **kwargs)
+    real = mask.bool()
+    torch.testing.assert_close(out_sdpa.hidden_states[-1][real], out_eager.hidden_states[-1][real],
+                               atol=1e-6, rtol=1e-4)
+    assert len(out_eager.attentions) == eager.config.n_layer and out_sdpa.attentions == ()
+
+
+def test_outputs_equivalence_with_output_attentions_under_sdpa():
+    """transformers' common test_model_outputs_equivalence, on the default (sdpa) model: return_dict=False gives
+    the tensors of return_dict=True's to_tuple(), also with output_attentions / output_hidden_states."""
+    torch.manual_seed(0)
+    for model in (MiniGPTForCausalLM(tiny_config()).eval(), MiniGPTModel(tiny_config()).eval()):
+        assert model.config._attn_implementation == "sdpa"
+        x = ids()
+        for extra in ({}, {"output_hidden_states": True}, {"output_attentions": True},
+                      {"output_hidden_states": True, "output_attentions": True}):
+            with torch.no_grad():
+                as_tuple = model(x, use_cache=False, return_dict=False, **extra)
+                as_dict = model(x, use_cache=False, return_dict=True, **extra).to_tuple()
+            assert len(as_tuple) == len(as_dict)
+            for a, b in zip(as_tuple, as_dict):
+                if isinstance(a, tuple):
+                    assert len(a) == len(b) and all(torch.equal(u, v) for u, v in zip(a, b))
+                else:
+                    assert torch.equal(a, b)
 
 
 def test_generate_returns_attentions_also_with_assisted_decoding():

@@ -1,4 +1,4 @@
-"""Mean validation loss and perplexity of any causal LM over uint16 token shards.
+"""Mean validation loss, perplexity and bits per byte (bpb) of any causal LM over uint16 token shards.
 
     minigpt eval-loss --model out/gpt2-124m/checkpoints/step_000953 --data data/fineweb-edu --max_tokens 1000000
     accelerate launch -m minigpt_hf eval-loss --model gpt2 --data data/fineweb-edu/fineweb-edu_val_000000.npy

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rewrite CHECKPOINT/README.md even if it exists")
     add("--val-loss", "--val_loss", dest="val_loss", type=float, default=None,
         help="validation loss for the card (default: the last one the run logged up to this checkpoint)")
-    add("--hellaswag", type=Path, default=None, help="JSON written by scripts/eval_hellaswag.py --output, for the card")
+    add("--hellaswag", type=Path, default=None, help="JSON written by minigpt eval-hellaswag --output, for the card")
     add("--data-dir", "--data_dir", dest="data_dir", type=Path, default=None,
         help="the shard folder trained on: its manifest names the dataset in the card")
     add("--license", default="mit", help="license id for the card (default: mit)")

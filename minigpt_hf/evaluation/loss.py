@@ -1,11 +1,20 @@
-"""Mean next-token loss and perplexity of a causal LM over uint16 token shards.
+"""Mean next-token loss, perplexity and bits per byte of a causal LM over uint16 token shards.
 
 The tokens are cut into non-overlapping windows of ``T + 1`` tokens with stride ``T`` (nanoGPT's ``x = buf[:-1]``,
 ``y = buf[1:]``), so every token after the first is predicted exactly once with up to ``T`` tokens of context.
+
+**Bits per byte** (``bpb``) is the loss normalised by the text it covers, so that models with different tokenizers
+compare: the nats summed over the evaluated targets ``y`` divided by ``ln 2`` times the UTF-8 bytes those targets
+decode to. A token's bytes are its own bytes in the GPT-2 vocabulary, so the bytes of a stretch of targets are exactly
+``len(decoded text .encode("utf-8"))``, also where a character is split over several tokens. ``<|endoftext|>`` (a
+document boundary, not text) has 0 bytes and its loss is left out of the numerator too. This is nanochat's
+``evaluate_bpb`` (special tokens masked out of both sums), except that nanochat counts each token by decoding it
+alone, which turns a partial UTF-8 character into U+FFFD (3 bytes); here such a token counts the bytes it holds.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -65,6 +74,46 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (torch.logsumexp(flat, dim=-1) - picked).view(targets.shape)
 
 
+@functools.lru_cache(maxsize=None)
+def token_byte_lengths() -> np.ndarray:
+    """UTF-8 bytes of every uint16 token id as GPT-2 decodes it (int64, 65,536 entries): 0 for ``<|endoftext|>``
+    and for ids past GPT-2's vocabulary (padding ids, never text)."""
+    from ..tokenization import mergeable_ranks
+
+    lengths = np.zeros(2**16, dtype=np.int64)
+    for token, index in mergeable_ranks().items():  # every GPT-2 token but <|endoftext|>, as its bytes
+        lengths[index] = len(token)
+    return lengths
+
+
+@functools.lru_cache(maxsize=8)
+def _byte_table(device: str) -> torch.Tensor:
+    return torch.from_numpy(token_byte_lengths()).to(device)
+
+
+def nats_and_bytes(logits: torch.Tensor, targets: torch.Tensor, rows: int = 8):
+    """Per-row sums for the loss and bits per byte of ``logits`` (B, T, V) predicting ``targets`` (B, T):
+    ``(nats, nats of the targets that have bytes, bytes)``, three (B,) tensors on the logits' device (float64, or
+    float32 where the device has no float64; bytes int64). Rows go ``rows`` at a time, so no extra (B, T, V) float32
+    copy is made. No host sync."""
+    targets = targets.to(logits.device)
+    table = _byte_table(str(logits.device))
+    dtype = torch.float32 if logits.device.type == "mps" else torch.float64
+    nats, counted, n_bytes = [], [], []
+    for start in range(0, len(targets), rows):
+        nll = token_nll(logits[start : start + rows], targets[start : start + rows]).to(dtype)
+        lengths = table[targets[start : start + rows].long()]
+        nats.append(nll.sum(dim=1))
+        counted.append((nll * (lengths > 0)).sum(dim=1))
+        n_bytes.append(lengths.sum(dim=1))
+    return torch.cat(nats), torch.cat(counted), torch.cat(n_bytes)
+
+
+def bits_per_byte(nats: float, n_bytes: int) -> float:
+    """``nats / (ln 2 * bytes)``: the nats of the targets that have bytes over the bytes they decode to."""
+    return nats / (math.log(2) * n_bytes) if n_bytes else float("nan")
+
+
 def token_losses(model, windows: torch.Tensor) -> torch.Tensor:
     """Per-token float32 cross-entropy ``(B, T)`` of predicting ``windows[:, 1:]`` from ``windows[:, :-1]``."""
     windows = windows.to(next(model.parameters()).device)
@@ -73,11 +122,12 @@ def token_losses(model, windows: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_loss(model, tokens: np.ndarray, seq_len=None, batch_size: int = 8, accelerator=None, progress=True):
-    """Token-weighted mean loss and perplexity of ``model`` over ``tokens``.
+    """Token-weighted mean loss, perplexity and bits per byte of ``model`` over ``tokens`` (GPT-2 ids).
 
-    With an ``accelerate.Accelerator`` each process takes windows ``rank::world``; the per-window loss sums are
-    gathered and added with ``math.fsum`` (exact, order-free), so every process returns what one process would.
-    Returns ``{"loss", "perplexity", "n_tokens", "n_windows", "seq_len"}``.
+    With an ``accelerate.Accelerator`` each process takes windows ``rank::world``; the per-window sums are gathered
+    and added with ``math.fsum`` (exact, order-free), so every process returns what one process would. Returns
+    ``{"loss", "perplexity", "bpb", "n_tokens", "n_bytes", "n_windows", "seq_len"}``; ``bpb`` and ``n_bytes`` as the
+    module docstring defines them, over the same targets as the loss.
     """
     seq_len = context_length(model, seq_len)
     n_windows = (len(tokens) - 1) // seq_len
@@ -92,20 +142,25 @@ def evaluate_loss(model, tokens: np.ndarray, seq_len=None, batch_size: int = 8, 
     was_training = model.training
     model.eval()
     mine = range(rank, n_windows, world)
-    sums = []
+    sums = []  # per window: (nats, nats of targets with bytes, bytes)
+    device = next(model.parameters()).device
     for start in tqdm(range(0, len(mine), batch_size), desc="eval loss", disable=not progress or rank != 0):
-        losses = token_losses(model, make_windows(tokens, seq_len, mine[start : start + batch_size]))
-        sums += losses.double().sum(dim=1).tolist()
+        windows = make_windows(tokens, seq_len, mine[start : start + batch_size]).to(device)
+        per_row = nats_and_bytes(model(input_ids=windows[:, :-1]).logits, windows[:, 1:])
+        sums += zip(*(t.tolist() for t in per_row))
     model.train(was_training)
     if accelerator is not None:
         from accelerate.utils import gather_object
 
         sums = gather_object(sums)
-    loss = math.fsum(sums) / (n_windows * seq_len)
+    nats, counted, n_bytes = (list(column) for column in zip(*sums))
+    loss = math.fsum(nats) / (n_windows * seq_len)
     return {
         "loss": loss,
         "perplexity": math.exp(loss),
+        "bpb": bits_per_byte(math.fsum(counted), sum(n_bytes)),
         "n_tokens": n_windows * seq_len,
+        "n_bytes": sum(n_bytes),
         "n_windows": n_windows,
         "seq_len": seq_len,
     }
