@@ -347,6 +347,8 @@ def coerce(cls, values: dict, where: str) -> dict:
             elif typing.get_origin(kind) is list:
                 item = typing.get_args(kind)[0]
                 out[name] = [item(v) for v in (value if isinstance(value, list) else [value])]
+            elif kind is str and isinstance(value, list):  # a YAML list for a comma-separated flag (--tags)
+                out[name] = ",".join(map(str, value))
             elif kind in (int, float) and isinstance(value, bool):
                 raise ValueError(f"expected a number, got {value}")
             elif kind is int and isinstance(value, float) and not value.is_integer():

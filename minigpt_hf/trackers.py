@@ -118,6 +118,23 @@ def build_trackers(report_to, output_dir, project: str, run_name: str | None = N
     return trackers or None
 
 
+HINTS = {"mlflow": "set MLFLOW_TRACKING_URI (an MLflow server, or sqlite:///mlflow.db with the full mlflow package)",
+         "wandb": "run wandb login, or set WANDB_MODE=offline"}
+
+
+def start_trackers(accelerator, project: str, config: dict) -> None:
+    """``accelerator.init_trackers``; a tracker that cannot start (no login, a store it refuses) is one ValueError
+    naming it and what to do, not a traceback from inside its package."""
+    try:
+        accelerator.init_trackers(project, config=config)
+    except Exception as err:
+        package = type(err).__module__.split(".")[0]
+        name = next((t.name for t in accelerator.log_with if t.name.split("_")[0] == package.split("_")[0]), package)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        hint = HINTS.get(name, f"fix its setup or leave {name} out of --report_to")
+        raise ValueError(f"--report_to {name}: the tracker did not start ({type(err).__name__}: {reason}); {hint}") from err
+
+
 def log_samples(accelerator, samples: list[str], step: int) -> None:
     """The samples as text where a tracker takes text: TensorBoard's text tab, a W&B table, an MLflow text artifact
     (``samples/step_NNNNNN.txt``). The other trackers take numbers only, so they get none (log.txt has them)."""

@@ -419,7 +419,7 @@ def setup(model_args, data_args, train_args) -> Run:
     from .data import DistributedTokenLoader, ensure_embedded_shards, manifest_hash, read_manifest
     from .modeling_minigpt import MiniGPTForCausalLM
     from .tokenization import get_tokenizer
-    from .trackers import build_trackers
+    from .trackers import build_trackers, start_trackers
 
     args = (model_args, data_args, train_args)
     B, T = data_args.micro_batch_size, data_args.seq_len
@@ -505,7 +505,12 @@ def setup(model_args, data_args, train_args) -> Run:
         raise
 
     # logging: the --report_to trackers through Accelerate, log.txt and a progress bar on the main process
-    accelerator.init_trackers(train_args.project, config=flat_config(args))
+    try:
+        start_trackers(accelerator, train_args.project, flat_config(args))
+    except BaseException:
+        if lock:
+            lock.release()
+        raise
     if train_args.push_to_hub and accelerator.is_main_process:
         from .hub import HubPusher
 

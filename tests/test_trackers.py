@@ -210,3 +210,25 @@ def test_plot_of_a_run_that_logged_elsewhere_names_its_trackers(tmp_path, capsys
     assert plot_command.main([str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert "logged to wandb,mlflow only (--report_to wandb,mlflow)" in err and "view the curves in wandb,mlflow" in err
+
+
+def test_a_tracker_that_cannot_start_is_one_line_naming_it():
+    """MLflow 3 refuses some stores, W&B wants a login: the run says which tracker and what to set, no traceback."""
+    from types import SimpleNamespace
+
+    from minigpt_hf.trackers import start_trackers
+
+    class StoreRefused(Exception):
+        __module__ = "mlflow.exceptions"
+
+    class Accelerator:
+        log_with = [SimpleNamespace(name="tensorboard"), SimpleNamespace(name="mlflow")]
+
+        def init_trackers(self, project, config=None):
+            raise StoreRefused("unsupported URI 'sqlite:///x.db'\nmore detail")
+
+    with pytest.raises(ValueError) as info:
+        start_trackers(Accelerator(), "p", {})
+    message = str(info.value)
+    assert message.startswith("--report_to mlflow: the tracker did not start (StoreRefused: unsupported URI")
+    assert "MLFLOW_TRACKING_URI" in message and "\n" not in message
