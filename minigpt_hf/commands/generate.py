@@ -33,6 +33,9 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (default: fp32)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every file's sha256 (default: sizes always, contents the first time a folder is "
+                             "read as it is now)")
     args = parser.parse_args(argv)
     if args.checkpoint and args.from_gpt2:
         raise ValueError("pass a checkpoint folder or --from_gpt2, not both")
@@ -73,7 +76,7 @@ def load(args):
     if args.from_gpt2:
         return MiniGPTForCausalLM.from_gpt2(args.from_gpt2)
     if args.checkpoint:
-        return load_model(args.checkpoint, trust_remote_code=True)
+        return load_model(args.checkpoint, trust_remote_code=True, verify=args.verify)
     torch.manual_seed(args.seed)
     return MiniGPTForCausalLM(MiniGPTConfig.from_preset(args.preset))
 

@@ -53,13 +53,17 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) ->
     parser.add_argument("--trust_remote_code", action="store_true", help="allow modeling code saved with the model")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weight dtype (default: fp32)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: cuda if available, else cpu)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every file's sha256 (default: sizes always, contents the first time a folder is "
+                             "read as it is now)")
 
 
-def load_model(name: str, dtype: str = "fp32", trust_remote_code: bool = False, device=None):
+def load_model(name: str, dtype: str = "fp32", trust_remote_code: bool = False, device=None, verify: bool = False):
     """``AutoModelForCausalLM.from_pretrained(name)`` in eval mode, in ``dtype``, moved to ``device`` if given.
 
-    A local folder is checked first (:func:`minigpt_hf.checkpoint.verify_folder`: an unfinished or truncated
-    checkpoint is named as such); weights that cannot be read are a ValueError naming the folder.
+    A local folder is checked first (:func:`minigpt_hf.checkpoint.verify_folder`: an unfinished, truncated or
+    damaged checkpoint is named as such): every file's size, and its sha256 with ``verify`` or if the folder was
+    not verified before as it is now; weights that cannot be read are a ValueError naming the folder.
     """
     from transformers import AutoModelForCausalLM
 
@@ -68,7 +72,7 @@ def load_model(name: str, dtype: str = "fp32", trust_remote_code: bool = False, 
     torch_dtype = parse_dtype(dtype)
     local = Path(name).expanduser()
     if local.exists() or str(name).startswith((".", "/", "~")):
-        verify_folder(local)
+        verify_folder(local, contents=True if verify else "once")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
