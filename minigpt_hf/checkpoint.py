@@ -6,12 +6,13 @@ through it::
     {output_dir}/
         run.lock                 -- held (flock) by the run's main process for the whole run; who holds it, inside
         log.txt, tensorboard/
-        checkpoints/step_000300/ -- finished: holds COMPLETE, written last (the files and their sizes)
+        checkpoints/step_000300/ -- finished: holds COMPLETE, written last (the files, their sizes and sha256)
             config.json, model.safetensors, generation_config.json, tokenizer files, modeling code
             trainer_state.json   -- step, world size, the recipe, the data manifest's hash, every rank's loader state
             training_state/      -- accelerator.save_state: optimizer.bin, scaler.pt (fp16), random_states_{rank}.pkl
         checkpoints/.step_000300.tmp-*   a save in progress (swept on start: only this run can own it)
         checkpoints/.trash-step_000100-* a pruned checkpoint being deleted (swept on start)
+        checkpoints/step_000400.damaged  a checkpoint that failed verification when a run resumed from `latest`
 
 Guarantees: a folder is published by one ``rename`` after its files and the folder itself are fsynced, so a kill or
 a power loss shows the old state or the new one; a checkpoint counts as finished only with its ``COMPLETE`` marker

@@ -123,11 +123,26 @@ def test_a_flipped_byte_in_the_weights_is_refused_by_every_reader(run, shakespea
     assert damaged in one_line_error(capsys)
     assert generate.main([str(folder), "--max_length", "12", "--num_samples", "1", "--verify"]) == 2
     assert damaged in one_line_error(capsys)
-    assert eval_loss.main(["--model", str(folder), "--data", str(shakespeare), "--max_tokens", "256", "--verify"]) == 2
-    assert damaged in one_line_error(capsys)
+    for flags in ([], ["--verify"]):
+        assert eval_loss.main(["--model", str(folder), "--data", str(shakespeare), "--max_tokens", "256", *flags]) == 2
+        assert damaged in one_line_error(capsys)
     assert verify.main([str(folder)]) == 1
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and printed[0].startswith(f"{folder}/{damaged}") and "1 problem(s)" in printed[-1]
+
+
+def test_the_trainers_pusher_checks_every_byte_in_the_background(run, tmp_path, monkeypatch):
+    from minigpt_hf.hub import HubPusher
+    from test_hub import FAKE_TOKEN, RecordingApi
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    folder = ckpt.checkpoint_path(copy_run(run, tmp_path), 6)
+    flip_byte(folder / "model.safetensors")
+    api = RecordingApi()
+    pusher = HubPusher("someone/tiny", api=api)
+    assert pusher.push(folder, "step 6") is not None  # queued at once: the loop does not wait for the hashing
+    (error,) = pusher.wait(timeout=120)
+    assert "model.safetensors does not match the sha256" in error and api.calls == []
 
 
 def test_generate_and_eval_verify_contents_once_and_again_after_a_change(run, shakespeare, tmp_path, capsys,
