@@ -191,7 +191,8 @@ def sweep_target(path: str | os.PathLike) -> list[str]:
             notes.append(f"restored {path} from {newest.name}: an interrupted overwrite had moved it aside")
     for leftover in trash + [p for p in hidden if tmp_pattern.fullmatch(p.name)]:
         fd = integrity.lock_dir(leftover)
-        if fd is None:  # a live process writes it (or this file system cannot tell): left alone
+        if fd is None:
+            notes.append(f"left {leftover} alone: a live process holds it (or this file system cannot lock folders)")
             continue
         try:
             shutil.rmtree(leftover, ignore_errors=True)

@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -331,6 +332,7 @@ RENAME_EXCHANGE = 2
 _NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
+@functools.lru_cache(maxsize=None)
 def _renameat2():
     if not sys.platform.startswith("linux"):
         return None

@@ -413,7 +413,9 @@ def test_without_exchange_an_interrupted_overwrite_is_recovered_by_the_next_run(
 def test_a_live_writers_temporary_is_never_swept(tmp_path):
     target = tmp_path / "out"
     with ckpt.atomic_directory(target) as tmp:
-        assert ckpt.sweep_target(target) == [] and tmp.is_dir()  # held by this writer's flock
+        notes = ckpt.sweep_target(target)  # as another run of the command would, meanwhile
+        assert tmp.is_dir() and notes == [f"left {tmp} alone: a live process holds it (or this file system cannot "
+                                          "lock folders)"]  # held by this writer's flock
     assert target.is_dir() and leftovers_beside(target) == []
 
 
