@@ -435,6 +435,10 @@ def model_source(name: str) -> str:
                                      "as gpt2")
 
 
+VERIFY_HELP = ("check every file's sha256 (default: sizes always, contents the first time a folder is read as it is "
+               "now)")
+
+
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) -> None:
     """Add the model flags the commands share: the model (``--model`` or positional), ``--trust_remote_code``,
     ``--dtype`` and ``--device``."""
@@ -446,6 +450,7 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) ->
     parser.add_argument("--trust_remote_code", action="store_true", help="allow modeling code saved with the model")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weight dtype (default: fp32)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: cuda if available, else cpu)")
+    parser.add_argument("--verify", action="store_true", help=VERIFY_HELP)
 
 
 

@@ -6,17 +6,20 @@ through it::
     {output_dir}/
         run.lock                 -- held (flock) by the run's main process for the whole run; who holds it, inside
         log.txt, tensorboard/
-        checkpoints/step_000300/ -- finished: holds COMPLETE, written last (the files and their sizes)
+        checkpoints/step_000300/ -- finished: holds COMPLETE, written last (the files, their sizes and sha256)
             config.json, model.safetensors, generation_config.json, tokenizer files, modeling code
             trainer_state.json   -- step, world size, the recipe, the data manifest's hash, every rank's loader state
             training_state/      -- accelerator.save_state: optimizer.bin, scaler.pt (fp16), random_states_{rank}.pkl
         checkpoints/.step_000300.tmp-*   a save in progress (swept on start: only this run can own it)
         checkpoints/.trash-step_000100-* a pruned checkpoint being deleted (swept on start)
+        checkpoints/step_000400.damaged  a checkpoint that failed verification when a run resumed from `latest`
 
 Guarantees: a folder is published by one ``rename`` after its files and the folder itself are fsynced, so a kill or
 a power loss shows the old state or the new one; a checkpoint counts as finished only with its ``COMPLETE`` marker
-(also after a copy), and the marker's file sizes catch a truncated weight file; pruning renames a checkpoint out of
-the way before deleting it; a save never replaces a finished checkpoint.
+(also after a copy), which records every file's size and sha256 (computed while the file was written:
+:mod:`minigpt_hf.integrity`), so a truncated or altered file is caught by :func:`verify_folder`; pruning renames a
+checkpoint out of the way before deleting it; a save never replaces a finished checkpoint; an overwrite
+(:func:`atomic_directory`) swaps the new folder in with no moment without the target.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,11 +42,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from . import integrity
+from .integrity import WriteError, recording, sha256_file  # noqa: F401 (the writers of a folder use them from here)
+
+logger = logging.getLogger(__name__)
+
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_NAME = "trainer_state.json"
 TRAINING_STATE_DIR = "training_state"
 COMPLETE_NAME = "COMPLETE"
 LOCK_NAME = "run.lock"
+DAMAGED_SUFFIX = ".damaged"  # a checkpoint that failed verification on resume, kept aside under this suffix
 LOG_NAME = "log.txt"
 TENSORBOARD_DIR = "tensorboard"
 TRAINER_STATE_KEYS = ("step", "world_size", "grad_accum_steps", "config_hash", "model_config", "recipe", "args",
@@ -66,8 +76,12 @@ def fsync_tree(path: Path) -> None:
     """fsync every file under ``path``, then every folder bottom-up (so their entries are on disk too)."""
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
+            file = os.path.join(root, name)
+            try:
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+            except OSError as err:  # a failed write-back surfaces here: name the file
+                raise WriteError(integrity.shown_name(file), err.errno) from None
         fsync_dir(Path(root))
 
 
@@ -86,20 +100,29 @@ def _umask() -> int:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a unique temporary name beside ``path``, fsync it, and rename it over ``path``."""
+    """Write ``text`` to a unique temporary name beside ``path``, fsync it, and rename it over ``path``.
+
+    Its sha256 is reported to the folder being recorded, if any (:func:`minigpt_hf.integrity.recording`); a disk
+    error is a :class:`WriteError` naming ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    data = text.encode("utf-8")
+    tmp = None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary; the file gets the usual mode
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary; the file gets the usual mode
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError) and err.errno is not None:
+            raise WriteError(integrity.shown_name(path), err.errno) from None
         raise
     fsync_dir(path.parent)
+    integrity.record(path, len(data), hashlib.sha256(data).hexdigest())
 
 
 def publish(tmp: Path, path: Path) -> None:
@@ -114,53 +137,255 @@ def publish(tmp: Path, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def _replace(tmp: Path, path: Path) -> Path:
+    """Put the finished folder ``tmp`` in the place of the existing ``path``; the folder now holding the old one.
+
+    One ``renameat2(RENAME_EXCHANGE)`` where the kernel and file system have it: ``path`` is never missing, and the
+    old folder ends up under ``tmp``'s name. Elsewhere two renames (``path`` -> ``.trash-*``, ``tmp`` -> ``path``):
+    a kill between them leaves no ``path``, and :func:`sweep_target` puts the old folder back on the next run.
+    """
+    if integrity.exchange(tmp, path):
+        fsync_dir(path.parent)
+        return tmp
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.time_ns()}")
+    os.rename(path, trash)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(trash, path)
+        raise
+    fsync_dir(path.parent)
+    return trash
+
+
+def _leftover_patterns(name: str) -> tuple[re.Pattern, re.Pattern]:
+    """The temporaries :func:`atomic_directory` makes for a target ``name``: ``.NAME.tmp-*`` and ``.trash-NAME-*``."""
+    return (re.compile(rf"\.{re.escape(name)}\.tmp-[A-Za-z0-9_]+"),
+            re.compile(rf"\.trash-{re.escape(name)}-\d+-(\d+)"))
+
+
+def sweep_target(path: str | os.PathLike) -> list[str]:
+    """Clean up after interrupted writes of the folder ``path`` (by :func:`atomic_directory`); what was done.
+
+    If ``path`` is missing and an interrupted two-rename overwrite moved the old folder to ``.trash-*``, it is put
+    back. Then every ``.NAME.tmp-*`` and ``.trash-NAME-*`` beside it is deleted -- only those no live process holds
+    (each writer holds a ``flock`` on its temporary folder, and on the old folder while it swaps them).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    tmp_pattern, trash_pattern = _leftover_patterns(path.name)
+    hidden = [p for p in path.parent.iterdir() if p.name.startswith(".") and p.is_dir()]
+    trash = sorted((p for p in hidden if trash_pattern.fullmatch(p.name)),
+                   key=lambda p: int(trash_pattern.fullmatch(p.name).group(1)))
+    notes = []
+    if trash and not path.exists():
+        newest = trash.pop()
+        fd = integrity.lock_dir(newest)
+        if fd is not None:
+            try:
+                os.rename(newest, path)
+                fsync_dir(path.parent)
+            finally:
+                os.close(fd)
+            notes.append(f"restored {path} from {newest.name}: an interrupted overwrite had moved it aside")
+    for leftover in trash + [p for p in hidden if tmp_pattern.fullmatch(p.name)]:
+        fd = integrity.lock_dir(leftover)
+        if fd is None:
+            notes.append(f"left {leftover} alone: a live process holds it (or this file system cannot lock folders)")
+            continue
+        try:
+            shutil.rmtree(leftover, ignore_errors=True)
+        finally:
+            os.close(fd)
+        notes.append(f"removed {leftover}, left by an interrupted write of {path.name}")
+    return notes
+
+
+def _locked_tempdir(path: Path) -> tuple[Path, int | None]:
+    """A new temporary folder beside ``path`` and the ``flock`` this process holds on it (None where the file
+    system cannot lock folders), so that :func:`sweep_target` in another process leaves it alone."""
+    while True:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        fd = integrity.lock_dir(tmp)
+        try:  # a sweeper may have taken the folder between mkdtemp and the lock: then make another
+            if fd is None or os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False):
     """Yield a temporary folder beside ``path`` that becomes ``path`` when the block exits without error.
 
-    An existing ``path`` is an error unless ``overwrite``; then it is moved aside only once the new folder is
-    complete, and deleted after the new one is in place. On any error (a full disk, a signal) the temporary folder
-    is removed and ``path`` is as it was.
+    First the leftovers of earlier interrupted writes of ``path`` are cleaned up (:func:`sweep_target`; each is
+    logged). An existing ``path`` is an error unless ``overwrite``; then the new folder, once complete and fsynced,
+    trades places with the old one in one step (:func:`_replace`), and the old one is deleted. On any error (a full
+    disk, a signal) the temporary folder is removed and ``path`` is as it was.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not a folder; choose another output path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for note in sweep_target(path):
+        logger.warning(note)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another output folder or pass --overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp, lock = _locked_tempdir(path)
     try:
         tmp.chmod(0o777 & ~_umask())
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.time_ns()}")
-            os.rename(path, old)
-        publish(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
+        if not path.exists():
+            publish(tmp, path)
+        else:
+            fsync_tree(tmp)  # the new folder is on disk before it takes the old one's place
+            old_lock = integrity.lock_dir(path)  # the old folder is ours until deleted: no sweeper takes it
+            try:
+                old = _replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)  # what a kill leaves here, the next run sweeps
+            finally:
+                if old_lock is not None:
+                    os.close(old_lock)
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, WriteError) and err.path.is_relative_to(tmp):  # named by its final name
+            raise err.reworded(path=path / err.path.relative_to(tmp)) from None
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
-def mark_complete(folder: Path, info: dict | None = None) -> None:
-    """Write the ``COMPLETE`` marker last: every file's size, so a truncated or missing file is detected later."""
-    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != COMPLETE_NAME}
-    write_text_atomic(folder / COMPLETE_NAME, json.dumps({**(info or {}), "files": files}, indent=1) + "\n")
+def mark_complete(folder: Path, info: dict | None = None, hashes: dict | None = None) -> list[str]:
+    """Write the ``COMPLETE`` marker last: every file's size and sha256, so a truncated, missing or altered file is
+    detected later; the names of the files hashed here by reading them back.
+
+    ``hashes`` (``{relative path: (size, sha256)}``, from :func:`minigpt_hf.integrity.recording`) are those computed
+    while the files were written; any other file is read back now (the small files of third-party writers).
+    """
+    hashes = hashes or {}
+    sizes, sums, read_back = {}, {}, []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name == COMPLETE_NAME:
+            continue
+        name = p.relative_to(folder).as_posix()
+        size = p.stat().st_size
+        if name in hashes:
+            if hashes[name][0] != size:
+                raise WriteError(integrity.shown_name(p), errno.EIO,
+                                 f"{size:,} bytes on disk, {hashes[name][0]:,} were written")
+            digest = hashes[name][1]
+        else:
+            size, digest = sha256_file(p)
+            read_back.append(name)
+        sizes[name], sums[name] = size, digest
+    write_text_atomic(folder / COMPLETE_NAME, json.dumps({**(info or {}), "files": sizes, "sha256": sums}, indent=1)
+                      + "\n")
+    return read_back
 
 
 def is_complete(folder: str | os.PathLike) -> bool:
     return (Path(folder) / COMPLETE_NAME).is_file()
 
 
-def verify_folder(folder: str | os.PathLike) -> Path:
+def read_marker(folder: Path) -> tuple[bytes, dict, dict | None]:
+    """The marker's bytes, its ``{file: size}`` and ``{file: sha256}`` (None in markers written before checksums)."""
+    marker = folder / COMPLETE_NAME
+    try:
+        raw = marker.read_bytes()
+        record = json.loads(raw)
+        sizes, sums = record["files"], record.get("sha256")
+        if not isinstance(sizes, dict) or not (sums is None or set(sums) == set(sizes)):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise IncompleteCheckpointError(f"{marker} is damaged; use another checkpoint") from None
+    return raw, sizes, sums
+
+
+def folder_problems(folder: str | os.PathLike, contents: bool = True, remember: bool = True) -> list[str]:
+    """Every way the finished folder ``folder`` differs from what was written, one line each: a file missing, of
+    another size, or (``contents``) with another sha256. [] when all is well; then, with ``remember``, a full check
+    is remembered (see :func:`verify_folder`)."""
+    folder = Path(folder)
+    try:
+        raw, sizes, sums = read_marker(folder)
+    except IncompleteCheckpointError as err:
+        return [str(err).removesuffix("; use another checkpoint")]
+    problems = []
+    for name, size in sizes.items():
+        path = folder / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            what = "is missing" if actual is None else f"has {actual:,} bytes, {size:,} were written"
+            problems.append(f"{path} {what} (truncated or damaged)")
+    if contents and sums and not problems:
+        for name, digest in sums.items():
+            try:
+                actual = sha256_file(folder / name)[1]
+            except OSError as err:
+                problems.append(f"{folder / name} cannot be read ({err.strerror})")
+                continue
+            if actual != digest:
+                problems.append(f"{folder / name} does not match the sha256 recorded when it was written (its "
+                                "contents changed since: damaged)")
+        if remember and not problems:
+            _remember_verified(folder, raw, sizes)
+    return problems
+
+
+def _signature(folder: Path, names) -> dict:
+    """What identifies these files as they are now: any rewrite, copy or replacement changes it."""
+    signature = {}
+    for name in names:
+        st = os.stat(folder / name)
+        signature[name] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return signature
+
+
+def verified_stamps_dir() -> Path:
+    """Where full verifications are remembered: ``$XDG_CACHE_HOME/minigpt_hf/verified`` (``~/.cache/...``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "minigpt_hf" / "verified"
+
+
+def _stamp(folder: Path, marker: bytes, names) -> tuple[Path, dict]:
+    """The stamp file of ``folder`` (one per real path) and what it holds while the folder is as verified."""
+    real = os.path.realpath(folder)
+    stamp = {"folder": real, "marker_sha256": hashlib.sha256(marker).hexdigest(), "files": _signature(folder, names)}
+    return verified_stamps_dir() / f"{hashlib.sha256(real.encode()).hexdigest()[:32]}.json", stamp
+
+
+def _verified_before(folder: Path, marker: bytes, names) -> bool:
+    path, stamp = _stamp(folder, marker, names)
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def _remember_verified(folder: Path, marker: bytes, names, keep: int = 1000) -> None:
+    """Write the stamp of a full verification (never inside the folder: readers write nothing there); the oldest
+    stamps beyond ``keep`` go. Where the cache cannot be written, the next read verifies again."""
+    path, stamp = _stamp(folder, marker, names)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(stamp) + "\n")
+        stamps = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for old in stamps[:-keep]:
+            old.unlink(missing_ok=True)
+
+
+def verify_folder(folder: str | os.PathLike, contents: bool | str = True) -> Path:
     """``folder`` if it is a usable model folder; else an error naming it and what to do.
 
     A folder written by this package (it has a ``COMPLETE`` marker, or a ``trainer_state.json``) must be finished
-    and every file must have the size the marker records. Any other folder with a ``config.json`` (a GPT-2 download,
-    a folder from elsewhere) is taken as it is.
+    and every file must have the size the marker records; with ``contents`` also its sha256 (every byte is read:
+    about a second per 500 MB). ``contents="once"``: only if these files were not verified before as they are now
+    -- a full verification leaves a stamp in :func:`verified_stamps_dir` (keyed by the folder's real path; it holds
+    the marker's hash and every file's device, inode, size, mtime and ctime), so a second read of an unchanged
+    folder costs a stat per file, while a rewritten, replaced or copied file is verified again. Any other folder with a
+    ``config.json`` (a GPT-2 download, a folder from elsewhere) is taken as it is.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -174,30 +399,26 @@ def verify_folder(folder: str | os.PathLike) -> Path:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a model folder (no config.json); pass a checkpoint folder")
         return folder
-    try:
-        recorded = json.loads(marker.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError):
-        raise IncompleteCheckpointError(f"{marker} is damaged; use another checkpoint") from None
-    for name, size in recorded.items():
-        path = folder / name
-        actual = path.stat().st_size if path.is_file() else None
-        if actual != size:
-            what = "is missing" if actual is None else f"has {actual:,} bytes, {size:,} were written"
-            raise IncompleteCheckpointError(f"{path} {what} (truncated or damaged); use another checkpoint")
+    raw, sizes, sums = read_marker(folder)
+    problems = folder_problems(folder, contents=False)
+    if not problems and sums and contents and (contents != "once" or not _verified_before(folder, raw, sizes)):
+        problems = folder_problems(folder, contents=True)
+    if problems:
+        raise IncompleteCheckpointError(f"{problems[0]}; use another checkpoint")
     return folder
 
 
 def save_model_folder(model, path, tokenizer=None, overwrite: bool = False, **save_kwargs) -> Path:
     """``save_pretrained`` the model (safetensors, config, generation config, modeling code) and the tokenizer
-    (the bundled GPT-2 one by default) into ``path``, atomically, marked complete."""
+    (the bundled GPT-2 one by default) into ``path``, atomically, marked complete with every file's sha256."""
     if tokenizer is None:
         from .tokenization import get_tokenizer
 
         tokenizer = get_tokenizer(model_max_length=model.config.max_position_embeddings)
-    with atomic_directory(path, overwrite=overwrite) as tmp:
+    with atomic_directory(path, overwrite=overwrite) as tmp, recording(tmp, path) as written:
         model.save_pretrained(tmp, **save_kwargs)
         tokenizer.save_pretrained(tmp)
-        mark_complete(tmp)
+        mark_complete(tmp, hashes=written.files)
     return Path(path)
 
 
@@ -288,12 +509,10 @@ def sweep(output_dir: str | os.PathLike) -> list[Path]:
     """Remove what interrupted saves and prunes of this run left behind (``.step_*.tmp-*``, ``.trash-*``); the
     paths removed. Call it only while holding the folder's lock: then no other process can own them. A ``step_*``
     folder without its marker is never deleted here (it may be a checkpoint of an older version): it is ignored."""
-    root = checkpoints_dir(output_dir)
     removed = []
-    for path in sorted(root.glob(".*")):
-        if path.name.startswith((".step_", ".trash-")) and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    for path in leftovers(output_dir):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed
 
 
@@ -319,18 +538,73 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Pat
     return doomed
 
 
-def resolve_checkpoint(spec: str | None, output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint to resume from: None for a fresh run; ``latest``, the newest finished one in ``output_dir``
-    (None if there is none); or a folder, which must be a finished checkpoint."""
+def resolve_checkpoint(spec: str | None, output_dir: str | os.PathLike, skipped: list[str] | None = None
+                       ) -> Path | None:
+    """The checkpoint to resume from, verified file by file (sizes and sha256): None for a fresh run; ``latest``,
+    the newest finished one in ``output_dir`` that verifies (None if there is none); or a folder, which must be a
+    finished checkpoint that verifies.
+
+    ``latest`` passes over damaged checkpoints newer than the one it takes: each is renamed to ``step_N.damaged``
+    (kept for inspection, no longer a checkpoint of the run, so that neither a later save of that step nor pruning
+    trips over it) and a line saying which and why is appended to ``skipped``. If no checkpoint verifies, nothing
+    is renamed and the error lists them. Call it only while holding the run folder's lock."""
     if spec is None:
         return None
     if spec == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1][1] if checkpoints else None
+        damaged = []
+        for _, path in reversed(list_checkpoints(output_dir)):
+            try:
+                verify_folder(path)
+            except IncompleteCheckpointError as err:
+                damaged.append((path, str(err).removesuffix("; use another checkpoint")))
+                continue
+            for bad, why in damaged:
+                aside = bad.with_name(bad.name + DAMAGED_SUFFIX)
+                n = 1
+                while aside.exists():
+                    n += 1
+                    aside = bad.with_name(f"{bad.name}{DAMAGED_SUFFIX}-{n}")
+                os.rename(bad, aside)
+                fsync_dir(bad.parent)
+                if skipped is not None:
+                    skipped.append(f"skipped {bad.name}: {why}; kept as {aside.name}, resuming from {path.name}")
+            return path
+        if damaged:
+            raise IncompleteCheckpointError(
+                f"no checkpoint in {checkpoints_dir(output_dir)} verifies ({'; '.join(w for _, w in damaged)}); "
+                "restore one from a copy, or start afresh with another --output_dir")
+        return None
     path = Path(spec)
     if not (path / TRAINER_STATE_NAME).is_file() and not is_complete(path):
         raise FileNotFoundError(f"--resume_from_checkpoint {spec}: not a checkpoint folder (no {TRAINER_STATE_NAME})")
     return verify_folder(path)
+
+
+def damaged_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints set aside by a resume because they failed verification (``step_N.damaged``)."""
+    return sorted(p for p in checkpoints_dir(output_dir).glob(f"step_*{DAMAGED_SUFFIX}*") if p.is_dir())
+
+
+def leftovers(output_dir: str | os.PathLike) -> list[Path]:
+    """What interrupted saves and prunes left in the run's checkpoints folder (what :func:`sweep` removes)."""
+    root = checkpoints_dir(output_dir)
+    return sorted(p for p in root.glob(".*") if p.name.startswith((".step_", ".trash-")) and p.is_dir())
+
+
+def lock_owner(folder: str | os.PathLike, name: str = LOCK_NAME) -> dict | None:
+    """The owner recorded in ``folder``'s lock if a live process holds it (``{}`` if it names none); None if free."""
+    try:
+        fd = os.open(Path(folder) / name, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # shared with nothing: only tells whether someone holds it
+    except BlockingIOError:
+        owner = FolderLock._read(fd)
+        os.close(fd)
+        return owner
+    os.close(fd)
+    return None
 
 
 def read_trainer_state(checkpoint: str | os.PathLike) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -283,11 +282,13 @@ def export_gpt2(checkpoint_or_model, out_dir, overwrite: bool = False) -> Path:
     ``generation_config.json``, GPT-2 tokenizer files) that stock transformers loads as ``GPT2LMHeadModel`` with no
     custom code. ``checkpoint_or_model`` is a :class:`MiniGPTForCausalLM` or a saved MiniGPT folder.
 
-    Written atomically (complete or not at all); an existing ``out_dir`` is a ``FileExistsError`` unless
-    ``overwrite``. ``ValueError`` for a model GPT-2 cannot represent (``bias=False``, ``mlp_ratio != 4``, untied
-    embeddings, a vocabulary other than GPT-2's 50257 tokens plus padding).
+    Written atomically (complete or not at all), with a ``COMPLETE`` marker holding every file's sha256 (which
+    tools other than minigpt_hf ignore); an existing ``out_dir`` is a ``FileExistsError`` unless ``overwrite``,
+    and then the new folder takes its place in one step (:func:`minigpt_hf.checkpoint.atomic_directory`).
+    ``ValueError`` for a model GPT-2 cannot represent (``bias=False``, ``mlp_ratio != 4``, untied embeddings, a
+    vocabulary other than GPT-2's 50257 tokens plus padding).
     """
-    from .checkpoint import atomic_directory
+    from .checkpoint import atomic_directory, mark_complete, recording
     from .tokenization import ASSET_DIR, get_tokenizer
 
     out_dir = Path(out_dir)
@@ -312,9 +313,11 @@ def export_gpt2(checkpoint_or_model, out_dir, overwrite: bool = False) -> Path:
         )
     gpt2 = to_gpt2_model(model)
     tokenizer = get_tokenizer(model_max_length=gpt2.config.n_positions)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp, recording(tmp, out_dir) as written:
         gpt2.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name in ("vocab.json", "merges.txt"):  # GPT-2's own files, for tools that read these, not tokenizer.json
-            shutil.copyfile(ASSET_DIR / name, tmp / name)
+            with written.writer(tmp / name) as f:
+                f.write((ASSET_DIR / name).read_bytes())
+        mark_complete(tmp, hashes=written.files)
     return out_dir

@@ -45,12 +45,14 @@ def ignore_patterns(include_training_state: bool = False) -> list[str]:
     return NEVER_PUSHED + ([] if include_training_state else TRAINING_STATE_PATTERNS)
 
 
-def files_to_upload(folder: str | os.PathLike, include_training_state: bool = False) -> list[tuple[str, int]]:
+def files_to_upload(folder: str | os.PathLike, include_training_state: bool = False,
+                    contents: bool = True) -> list[tuple[str, int]]:
     """``(relative path, size in bytes)`` of every file that a push of ``folder`` sends, sorted: filtered by the
-    same patterns that :func:`push_folder` gives ``upload_folder``. The folder must be a finished model folder."""
+    same patterns that :func:`push_folder` gives ``upload_folder``. The folder must be a finished model folder whose
+    files verify (sizes, and with ``contents`` their sha256)."""
     from huggingface_hub.utils import filter_repo_objects
 
-    folder = verify_folder(folder)
+    folder = verify_folder(folder, contents=contents)
     names = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
     kept = filter_repo_objects(names, ignore_patterns=ignore_patterns(include_training_state))
     return [(name, (folder / name).stat().st_size) for name in kept]
@@ -181,7 +183,7 @@ class HubPusher:
         folder = Path(folder)
         try:
             token = get_hub_token(self._token)
-            files_to_upload(folder, self.include_training_state)
+            files_to_upload(folder, self.include_training_state, contents=False)  # sha256: in the background
             if not (folder / "README.md").exists():
                 info = {**card_info_from_checkpoint(folder), "repo_id": self.repo_id, "gpt2_copy": self.gpt2_copy,
                         **(card_info or {})}
@@ -197,6 +199,7 @@ class HubPusher:
     def _push_now(self, folder: Path, token: str, message: str):
         """Runs in the background thread; records the outcome before the Future completes."""
         try:
+            verify_folder(folder)  # every file's sha256, off the training loop
             if not self._repo_created:
                 _create_repo(self._api, self.repo_id, token, self.private)
                 self._repo_created = True

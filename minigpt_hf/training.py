@@ -283,31 +283,59 @@ def save_checkpoint(accelerator, model, tokenizer, path: Path, state: dict) -> N
     """Write one checkpoint folder from every process (a collective: all ranks call it).
 
     The main process opens the folder under a temporary name; every rank writes into it (``save_state``: optimizer
-    and scaler from the main process, one RNG file per rank); after a barrier the main process writes the model,
-    trainer_state.json and the ``COMPLETE`` marker, and the folder is fsynced and renamed into place. An existing
-    `path` is never overwritten.
+    and scaler from the main process, one RNG file per rank); then the main process writes the model,
+    trainer_state.json and the ``COMPLETE`` marker with every file's sha256 (computed as the files are written, the
+    other ranks' sent over), and the folder is fsynced and renamed into place. An existing `path` is never
+    overwritten. A disk error on any rank is one :class:`~minigpt_hf.checkpoint.WriteError` naming the file, raised
+    on every rank; the temporary folder is removed and the finished checkpoints stay as they were.
     """
     import contextlib
 
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import broadcast_object_list, gather_object
 
     state_dict = accelerator.get_state_dict(model)  # a collective under FSDP; on the others a plain state_dict
     main = accelerator.is_main_process
-    with ckpt.atomic_directory(path) if main else contextlib.nullcontext() as tmp:
-        tmp = Path(broadcast_object_list([str(tmp) if main else None])[0])
-        accelerator.save_state(str(tmp / ckpt.TRAINING_STATE_DIR))
-        accelerator.wait_for_everyone()
-        if main:
-            # torch.compile names parameters "_orig_mod.<name>"; the saved model uses the plain names
-            state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
-            raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
-            if raw_model.config.tie_word_embeddings:  # FSDP gathers lm_head.weight as a copy: saved once, as with DDP
-                for tied in raw_model._tied_weights_keys or {}:
-                    state_dict.pop(tied, None)
-            raw_model.save_pretrained(tmp, state_dict=state_dict)
-            tokenizer.save_pretrained(tmp)
-            ckpt.write_trainer_state(tmp, state)
-            ckpt.mark_complete(tmp, {"step": state["step"]})
+
+    def everyone(value) -> list:  # every rank's value, on every rank
+        return gather_object([value]) if accelerator.num_processes > 1 else [value]
+
+    def raise_any(error: ckpt.WriteError | None) -> None:  # the first rank's failure, raised on every rank
+        failure = next((f for f in everyone((str(error.path), error.errno) if error else None) if f), None)
+        if failure:
+            raise ckpt.WriteError(*failure)
+
+    try:
+        with ckpt.atomic_directory(path) if main else contextlib.nullcontext() as tmp:
+            tmp = Path(broadcast_object_list([str(tmp) if main else None])[0])
+            error, written = None, {}
+            try:
+                with ckpt.recording(tmp, path) as rec:
+                    accelerator.save_state(str(tmp / ckpt.TRAINING_STATE_DIR))
+                written = rec.files
+            except ckpt.WriteError as err:
+                error = err
+            written = everyone(written)
+            raise_any(error)
+            if main:
+                try:
+                    with ckpt.recording(tmp, path) as rec:
+                        # torch.compile names parameters "_orig_mod.<name>"; the saved model uses the plain names
+                        state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+                        raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+                        if raw_model.config.tie_word_embeddings:  # FSDP gathers lm_head.weight as a copy: saved once
+                            for tied in raw_model._tied_weights_keys or {}:
+                                state_dict.pop(tied, None)
+                        raw_model.save_pretrained(tmp, state_dict=state_dict)
+                        tokenizer.save_pretrained(tmp)
+                        ckpt.write_trainer_state(tmp, state)
+                        hashes = {name: h for files in written + [rec.files] for name, h in files.items()}
+                        ckpt.mark_complete(tmp, {"step": state["step"]}, hashes)
+                except ckpt.WriteError as err:
+                    error = err
+            raise_any(error)
+    except ckpt.WriteError as err:
+        raise err.reworded(detail=f"checkpoint {path.name} is discarded, the finished ones are intact",
+                           then="then resume with --resume_from_checkpoint latest") from None
     accelerator.wait_for_everyone()
 
 
@@ -411,6 +439,26 @@ def _take_run_folder(accelerator, output_dir: str) -> tuple[ckpt.FolderLock | No
     return lock, swept
 
 
+def _resolve_checkpoint(accelerator, train_args) -> tuple[Path | None, list[str]]:
+    """The main process finds and verifies the checkpoint to resume from (every file's sha256; ``latest`` passes
+    over damaged ones, see :func:`minigpt_hf.checkpoint.resolve_checkpoint`); every rank gets its answer or error."""
+    from accelerate.utils import broadcast_object_list
+
+    answer = None
+    if accelerator.is_main_process:
+        skipped = []
+        try:
+            found = ckpt.resolve_checkpoint(train_args.resume_from_checkpoint, train_args.output_dir, skipped)
+            answer = (str(found) if found else None, skipped, None)
+        except (OSError, ValueError) as err:
+            answer = (None, skipped, f"{type(err).__name__}: {err}")
+    found, skipped, error = broadcast_object_list([answer])[0]
+    if error:
+        kind, message = error.split(": ", 1)
+        raise (FileNotFoundError if kind == "FileNotFoundError" else ckpt.IncompleteCheckpointError)(message)
+    return (Path(found) if found else None), skipped
+
+
 def setup(model_args, data_args, train_args) -> Run:
     """The accelerator, the run folder (locked), data, model, optimizer, and the state of a resumed run."""
     from accelerate import Accelerator
@@ -442,7 +490,7 @@ def setup(model_args, data_args, train_args) -> Run:
     accelerator.gradient_accumulation_steps = grad_accum
     lock, swept = _take_run_folder(accelerator, train_args.output_dir)
     try:
-        checkpoint = ckpt.resolve_checkpoint(train_args.resume_from_checkpoint, train_args.output_dir)
+        checkpoint, skipped = _resolve_checkpoint(accelerator, train_args)
         state = ckpt.read_trainer_state(checkpoint) if checkpoint else None
         start_step = state["step"] if state else 0
         later = [path for step, path in ckpt.list_checkpoints(train_args.output_dir) if step > start_step]
@@ -527,6 +575,8 @@ def setup(model_args, data_args, train_args) -> Run:
         run.log(f"removed {path.name}, left by an interrupted save or prune")
     for path in ckpt.unfinished_checkpoints(train_args.output_dir):
         run.log(f"ignoring {path}: an unfinished checkpoint (no {ckpt.COMPLETE_NAME} marker)")
+    for line in skipped:
+        run.log(line)
     if checkpoint:
         run.log(f"resumed from {checkpoint} at step {start_step}")
     elif train_args.resume_from_checkpoint == "latest":
@@ -584,7 +634,11 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
 
         if step > run.start_step and (step % train_args.save_every == 0 or last_step or stopping):
             path = ckpt.checkpoint_path(train_args.output_dir, step)
-            save_checkpoint(accelerator, model, run.tokenizer, path, trainer_state(run, step))
+            try:
+                save_checkpoint(accelerator, model, run.tokenizer, path, trainer_state(run, step))
+            except ckpt.WriteError:
+                bar.close()  # ends the progress bar's line: the error that follows is a line of its own
+                raise
             saved_step = step
             run.log(f"step {step} | saved {path}")
             if run.pusher:

@@ -1,11 +1,14 @@
 """Test-wide settings: never touch the network, keep CPU threads to the machine's two cores."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the "verified once" stamps of checkpoint folders (minigpt_hf.checkpoint) go to a cache of the test session's own
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="minigpt-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

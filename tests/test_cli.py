@@ -22,6 +22,7 @@ TYPOS = {
     "plot": ("--otu", "--out"),
     "landscape": ("--gird", "--grid"),
     "push": ("--privat", "--private"),
+    "verify": ("--hepl", "--help"),
 }
 # command -> an abbreviation of one of its flags, which argparse would otherwise take silently
 ABBREVIATIONS = {
@@ -35,6 +36,7 @@ ABBREVIATIONS = {
     "plot": [".", "--ou", "x"],
     "landscape": ["gpt2", "--data", "x", "--gri", "5"],
     "push": [".", "--repo_id", "a/b", "--priv"],
+    "verify": [".", "--hel"],
 }
 MISSING = "does/not/exist"  # three parts: a path, never a Hub id
 # command -> argv naming a model (or checkpoint) folder that does not exist
@@ -46,6 +48,7 @@ MISSING_MODEL = {
     "eval-loss": ["--model", MISSING, "--data", "x"],
     "landscape": [MISSING, "--data", "x"],
     "push": [MISSING, "--repo_id", "a/b"],
+    "verify": [MISSING],
 }
 
 

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "minigpt_hf"
 def test_help_lists_every_command_and_each_has_its_own_help(capsys):
     assert main(["--help"]) == 0
     listing = capsys.readouterr().out
-    assert all(name in listing for name in COMMANDS) and len(COMMANDS) == 10
+    assert all(name in listing for name in COMMANDS) and len(COMMANDS) == 11
     for name in COMMANDS:
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])

@@ -25,6 +25,7 @@ COMMANDS = {
     "plot": ("plot", "the training figures from a run's TensorBoard logs"),
     "landscape": ("landscape", "the loss landscape around a checkpoint"),
     "push": ("push", "push a checkpoint folder to the Hugging Face Hub, with a model card"),
+    "verify": ("verify", "check a checkpoint, a run or a data folder against the checksums written with it"),
 }
 
 EXIT_INPUT_ERROR = 2

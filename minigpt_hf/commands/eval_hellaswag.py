@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     with accelerator.main_process_first():  # only the main process downloads
         data = args.data or download_hellaswag(args.cache_dir or DEFAULT_CACHE_DIR)
     examples = load_hellaswag(data)
-    model = load_model(args.model, args.dtype, args.trust_remote_code, args.device or accelerator.device)
+    model = load_model(args.model, args.dtype, args.trust_remote_code, args.device or accelerator.device, args.verify)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     metrics = evaluate_hellaswag(model, tokenizer, examples, accelerator=accelerator, limit=args.limit)
     result = {"model": args.model, "data": str(data), **metrics, "num_processes": accelerator.num_processes}

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     accelerator = Accelerator()
     tokens = load_tokens(args.data, args.split, args.max_tokens)
-    model = load_model(args.model, args.dtype, args.trust_remote_code, args.device or accelerator.device)
+    model = load_model(args.model, args.dtype, args.trust_remote_code, args.device or accelerator.device, args.verify)
     metrics = evaluate_loss(model, tokens, args.seq_len, args.batch_size, accelerator=accelerator)
     result = {"model": args.model, "data": str(args.data), **metrics, "num_processes": accelerator.num_processes}
     finish(accelerator, result, args.output)

@@ -10,7 +10,7 @@ Defaults are the notes' sampling: 4 samples, top-k 50, 32 tokens in all, prompt 
 from __future__ import annotations
 
 
-from ..arguments import DTYPES, ArgumentParser, model_folder, model_source
+from ..arguments import DTYPES, VERIFY_HELP, ArgumentParser, model_folder, model_source
 from . import command
 
 PROMPT = "Hello, I'm a language model,"
@@ -32,6 +32,7 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weight dtype (default: fp32)")
+    parser.add_argument("--verify", action="store_true", help=VERIFY_HELP)
     args = parser.parse_args(argv)
     if args.checkpoint and args.from_gpt2:
         raise ValueError("pass a checkpoint folder or --from_gpt2, not both")
@@ -72,7 +73,7 @@ def load(args):
     if args.from_gpt2:
         return MiniGPTForCausalLM.from_gpt2(args.from_gpt2)
     if args.checkpoint:
-        return load_model(args.checkpoint, trust_remote_code=True)
+        return load_model(args.checkpoint, trust_remote_code=True, verify=args.verify)
     torch.manual_seed(args.seed)
     return MiniGPTForCausalLM(MiniGPTConfig.from_preset(args.preset))
 

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from ..landscape import batch_loss, loss_landscape, plot_landscape
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, args.dtype, args.trust_remote_code, device)
+    model = load_model(args.model, args.dtype, args.trust_remote_code, device, args.verify)
     seq_len = context_length(model, args.seq_len)
     if args.data:
         tokens = load_tokens(args.data, args.split, max_tokens=args.batch_size * seq_len + 1)

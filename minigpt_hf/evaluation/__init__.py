@@ -40,11 +40,12 @@ def parse_dtype(name: str):
     return DTYPES[name] if name == "auto" else getattr(torch, DTYPES[name])
 
 
-def load_model(name: str, dtype: str = "fp32", trust_remote_code: bool = False, device=None):
+def load_model(name: str, dtype: str = "fp32", trust_remote_code: bool = False, device=None, verify: bool = False):
     """``AutoModelForCausalLM.from_pretrained(name)`` in eval mode, in ``dtype``, moved to ``device`` if given.
 
-    A local folder is checked first (:func:`minigpt_hf.checkpoint.verify_folder`: an unfinished or truncated
-    checkpoint is named as such); weights that cannot be read are a ValueError naming the folder.
+    A local folder is checked first (:func:`minigpt_hf.checkpoint.verify_folder`: an unfinished, truncated or
+    damaged checkpoint is named as such): every file's size, and its sha256 with ``verify`` or if the folder was
+    not verified before as it is now; weights that cannot be read are a ValueError naming the folder.
     """
     from transformers import AutoModelForCausalLM
 
@@ -53,7 +54,7 @@ def load_model(name: str, dtype: str = "fp32", trust_remote_code: bool = False, 
     torch_dtype = parse_dtype(dtype)
     local = Path(name).expanduser()
     if local.exists() or not could_be_hub_id(str(name)):
-        verify_folder(local)
+        verify_folder(local, contents=True if verify else "once")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except OSError as err:
