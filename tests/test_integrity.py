@@ -128,7 +128,7 @@ def test_a_flipped_byte_in_the_weights_is_refused_by_every_reader(run, shakespea
         assert damaged in one_line_error(capsys)
     assert verify.main([str(folder)]) == 1
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 2 and printed[0].startswith(f"{folder}/{damaged}") and "1 problem(s)" in printed[-1]
+    assert len(printed) == 2 and printed[0].startswith(f"{folder}/{damaged}") and "1 problem," in printed[-1]
 
 
 def test_the_trainers_pusher_checks_every_byte_in_the_background(run, tmp_path, monkeypatch):
@@ -239,14 +239,14 @@ def test_verify_a_checkpoint_a_run_and_bad_paths(run, tmp_path, capsys):
     shutil.copytree(root / "step_000002", root / "step_000004.damaged")
     assert verify.main([str(out)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and "3 problem(s)" in lines[-1]
+    assert len(lines) == 4 and "3 problems," in lines[-1]
     assert any("step_000010 is an unfinished checkpoint" in line for line in lines)
     assert any("step_000004.damaged was set aside by a resume" in line for line in lines)
     assert any(".step_000008.tmp-abc was left by an interrupted save" in line for line in lines)
     with ckpt.FolderLock(out, "test"):  # a live run: its temporaries may be saves in progress
         assert verify.main([str(out)]) == 1
         lines = capsys.readouterr().out.splitlines()
-        assert f"note: {out} is in use by pid {os.getpid()}" in lines[0] and "2 problem(s)" in lines[-1]
+        assert f"note: {out} is in use by pid {os.getpid()}" in lines[0] and "2 problems," in lines[-1]
 
     old = root / "step_000002"  # a checkpoint written before checksums: sizes only, said so
     marker = json.loads((old / ckpt.COMPLETE_NAME).read_text())
@@ -257,7 +257,7 @@ def test_verify_a_checkpoint_a_run_and_bad_paths(run, tmp_path, capsys):
     (old / "config.json").write_text("{}")  # other size
     assert verify.main([str(old)]) == 1
 
-    for bad, message in ((tmp_path / "absent", "no such folder"), (old / "config.json", "is a file"),
+    for bad, message in ((tmp_path / "absent", "does not exist"), (old / "config.json", "is a file"),
                          (tmp_path, "not a checkpoint, a run folder or a data folder")):
         assert verify.main([str(bad)]) == 2
         assert message in one_line_error(capsys)
