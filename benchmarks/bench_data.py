@@ -183,9 +183,17 @@ def run_reference(corpus: Path, out: Path, num_proc: int, shard_size: int) -> di
     return r
 
 
-def run_ours(corpus: Path, out: Path, num_proc: int, shard_size: int, val_tokens: int) -> dict:
+# `prepare-data` without the package's __init__ (which imports transformers and torch to register the Auto classes;
+# issue 19 makes it lazy): what the command itself costs.
+BARE = ("import sys, types; package = types.ModuleType('minigpt_hf'); package.__path__ = [sys.argv.pop(1)]; "
+        "sys.modules['minigpt_hf'] = package; from minigpt_hf.commands.prepare_data import main; sys.exit(main())")
+
+
+def run_ours(corpus: Path, out: Path, num_proc: int, shard_size: int, val_tokens: int, bare: bool = False) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    r = _run([sys.executable, "-m", "minigpt_hf", "prepare-data", "--out_dir", str(out), "--dataset", str(corpus),
+    launch = [sys.executable, "-c", BARE, str(ROOT / "minigpt_hf")] if bare else [sys.executable, "-m", "minigpt_hf",
+                                                                                  "prepare-data"]
+    r = _run([*launch, "--out_dir", str(out), "--dataset", str(corpus),
               "--num_proc", str(num_proc), "--shard_size", str(shard_size), "--val_tokens", str(val_tokens)])
     r["inner"] = float(re.search(r"wrote .* in ([\d.]+) s", r["out"]).group(1))
     return r
@@ -201,6 +209,78 @@ def same_tokens(ref_dir: Path, our_dir: Path) -> bool:
     a = np.concatenate([np.load(p) for p in ref])
     b = np.concatenate([np.load(p) for p in ours])
     return len(a) == len(b) and bool((a == b).all())
+
+
+def stages(corpus: Path, workdir: Path, limit_tokens: int) -> dict:
+    """Seconds per million tokens of each stage, both ways, in this one process (no pool): reading the documents,
+    encoding them, moving them to a worker and back (pickling both ways, as multiprocessing does), writing shards."""
+    import pickle
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    sys.path.insert(0, str(ROOT))
+    from minigpt_hf import data
+
+    files = sorted((corpus / "data").glob("*.parquet"))
+    t = {}
+    # reference: datasets' rows as dicts, one document per task in chunks of 16, [eot] + encode_ordinary per doc
+    start, docs, n = time.perf_counter(), [], 0
+    for doc in load_dataset(str(corpus), split="train", streaming=True):
+        docs.append(doc)
+        n += len(doc["text"]) // 4
+        if n >= limit_tokens:
+            break
+    t["reference read"] = time.perf_counter() - start
+    _reference_tokenize({"text": ""})
+    start = time.perf_counter()
+    results = [_reference_tokenize(d) for d in docs]
+    t["reference encode"] = time.perf_counter() - start
+    tokens = sum(map(len, results))
+    start = time.perf_counter()
+    for k in range(0, len(docs), 16):
+        pickle.loads(pickle.dumps(docs[k : k + 16]))
+        pickle.loads(pickle.dumps(results[k : k + 16]))
+    t["reference transfer"] = time.perf_counter() - start
+    stream = np.concatenate(results)
+    # ours: the worker reads row groups as Arrow, encodes them in batches, sends back one array per task
+    tasks = [task for f in files for task in data._parquet_tasks(f, "text", 0, str(f))]
+    start, columns, rows = time.perf_counter(), [], 0
+    for task in tasks:
+        columns.append(pq.ParquetFile(task[1]).read_row_groups(task[2], columns=["text"]).column(0).slice(task[3]))
+        rows += len(columns[-1])
+        if rows >= len(docs):
+            break
+    t["ours read"] = time.perf_counter() - start
+    data._warm_up()
+    start = time.perf_counter()
+    outs = [data._encode_column(c) for c in columns]
+    t["ours encode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for task, out in zip(tasks, outs):
+        pickle.loads(pickle.dumps(task))
+        pickle.loads(pickle.dumps(out))
+    t["ours transfer"] = time.perf_counter() - start
+    ours_tokens = sum(len(o[0]) for o in outs)
+    # writing: np.save as fineweb.py does, against the hashing writer (both fsync-free np.save vs fsync + rename)
+    shards = workdir / "stage-shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for k in range(0, len(stream), 10_000_000):
+        np.save(shards / f"ref_{k}", stream[k : k + 10_000_000])
+    t["reference write"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for k in range(0, len(stream), 10_000_000):
+        data._write_shard(shards / f"ours_{k}.npy", stream[k : k + 10_000_000], "bench")
+    t["ours write"] = time.perf_counter() - start
+    shutil.rmtree(shards)
+    per = {k: v / ((tokens if k.startswith("reference") else ours_tokens) / 1e6) for k, v in t.items()}
+    print(f"stages over {tokens:,} tokens ({len(docs):,} documents), one process, seconds per million tokens:")
+    print("| stage | reference | ours |\n|---|---|---|")
+    for stage in ("read", "encode", "transfer", "write"):
+        print(f"| {stage} | {per['reference ' + stage]:.3f} | {per['ours ' + stage]:.3f} |")
+    return per
 
 
 def machine() -> dict:
@@ -222,6 +302,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--shard_size", type=int, default=10_000_000, help="tokens per shard (default 10M)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/minigpt_bench_data"))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--bare", action="store_true",
+                        help="also run prepare-data without the package __init__ (ours-bare): the command's own cost")
+    parser.add_argument("--stages", type=int, default=0, metavar="TOKENS",
+                        help="first time each stage on about TOKENS tokens, in one process (0: skip)")
     parser.add_argument("--reference", nargs=4, metavar=("DATASET", "OUT", "NUM_PROC", "SHARD_SIZE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -232,19 +316,24 @@ def main(argv=None) -> dict:
     corpus = args.workdir / f"corpus-{args.tokens}"
     facts = build_corpus(corpus, args.tokens)
     print(f"corpus: {corpus} ({facts['tokens']:,} tokens, {facts['documents']:,} documents, {facts['files']} files)")
-    rows = {"reference": [], "ours": []}
+    per_stage = stages(corpus, args.workdir, args.stages) if args.stages else None
+    rows = {"reference": [], "ours": [], **({"ours-bare": []} if args.bare else {})}
+    val = min(args.shard_size, facts["tokens"] // 10)
     for k in range(args.rounds):
-        ref = run_reference(corpus, args.workdir / "out-reference", args.num_proc, args.shard_size)
-        ours = run_ours(corpus, args.workdir / "out-ours", args.num_proc, args.shard_size,
-                        min(args.shard_size, facts["tokens"] // 10))
+        runs = [("reference", run_reference(corpus, args.workdir / "out-reference", args.num_proc, args.shard_size)),
+                ("ours", run_ours(corpus, args.workdir / "out-ours", args.num_proc, args.shard_size, val))]
         if k == 0 and not same_tokens(args.workdir / "out-reference", args.workdir / "out-ours"):
             raise SystemExit("the two wrote different tokens")
-        for name, r in (("reference", ref), ("ours", ours)):
+        if args.bare:
+            runs.append(("ours-bare", run_ours(corpus, args.workdir / "out-ours", args.num_proc, args.shard_size, val,
+                                               bare=True)))
+        for name, r in runs:
             rows[name].append(r)
             print(f"round {k + 1} {name:9s}: {r['wall']:6.2f} s wall ({r['inner']:6.2f} s after start-up), "
                   f"{r['cpu']:6.2f} CPU s, {facts['tokens'] / r['wall'] / 1e6:5.2f} Mtok/s", flush=True)
     ratios = [a["wall"] / b["wall"] for a, b in zip(rows["reference"], rows["ours"], strict=True)]
     inner = [a["inner"] / b["inner"] for a, b in zip(rows["reference"], rows["ours"], strict=True)]
+    bare = [a["wall"] / b["wall"] for a, b in zip(rows["reference"], rows.get("ours-bare", []), strict=False)]
     med = {name: statistics.median(r["wall"] for r in rs) for name, rs in rows.items()}
     mtok = {name: facts["tokens"] / med[name] / 1e6 for name in rows}
     hours = {name: {p: 10e9 / (mtok[name] * 1e6 / args.num_proc * p) / 3600 for p in (16, 64)} for name in rows}
@@ -252,16 +341,20 @@ def main(argv=None) -> dict:
               "num_proc": args.num_proc, "rounds": args.rounds, "median_wall_s": med, "mtok_per_s": mtok,
               "ratio_median": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
               "ratio_after_startup_median": statistics.median(inner), "hours_10B": hours,
-              "cpu_s_median": {n: statistics.median(r["cpu"] for r in rs) for n, rs in rows.items()}}
-    print(f"\n| | reference (build-nanogpt) | ours (minigpt prepare-data) |\n|---|---|---|\n"
-          f"| whole process, median | {med['reference']:.2f} s, {mtok['reference']:.2f} Mtok/s | "
-          f"{med['ours']:.2f} s, {mtok['ours']:.2f} Mtok/s |\n"
-          f"| CPU seconds, median | {result['cpu_s_median']['reference']:.1f} | {result['cpu_s_median']['ours']:.1f} |\n"
-          f"| 10B tokens at 16 / 64 processes | {hours['reference'][16]:.1f} h / {hours['reference'][64]:.1f} h | "
-          f"{hours['ours'][16]:.1f} h / {hours['ours'][64]:.1f} h |\n\n"
-          f"ratio ours/reference (whole process): {result['ratio_median']:.2f}x median, range "
-          f"{min(ratios):.2f}-{max(ratios):.2f}; after start-up: {result['ratio_after_startup_median']:.2f}x; "
-          f"machine: {result['machine']}")
+              "ratio_bare_median": statistics.median(bare) if bare else None,
+              "ratio_bare_range": [min(bare), max(bare)] if bare else None,
+              "cpu_s_median": {n: statistics.median(r["cpu"] for r in rs) for n, rs in rows.items()},
+              "stages_s_per_mtok": per_stage}
+    names = list(rows)
+    print("\n| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    print("| whole process, median | " + " | ".join(f"{med[n]:.2f} s, {mtok[n]:.2f} Mtok/s" for n in names) + " |")
+    print("| CPU seconds, median | " + " | ".join(f"{result['cpu_s_median'][n]:.1f}" for n in names) + " |")
+    print("| 10B tokens at 16 / 64 processes | " + " | ".join(f"{hours[n][16]:.1f} h / {hours[n][64]:.1f} h"
+                                                            for n in names) + " |")
+    print(f"\nratio ours/reference (whole process): {result['ratio_median']:.2f}x median, range "
+          f"{min(ratios):.2f}-{max(ratios):.2f}; after start-up: {result['ratio_after_startup_median']:.2f}x"
+          + (f"; ours-bare/reference: {result['ratio_bare_median']:.2f}x (range {min(bare):.2f}-{max(bare):.2f})"
+             if bare else "") + f"\nmachine: {result['machine']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

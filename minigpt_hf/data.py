@@ -189,8 +189,8 @@ class DocumentSource:
     """Documents for :func:`prepare_shards`, as worker tasks that can start at any document.
 
     ``tasks(skip)`` yields tasks covering the documents from number `skip` (0-based) on; a task is
-    ``("docs", [document, ...])``, ``("arrow", string_array)`` or ``("parquet", path, row_group, start, stop,
-    text_field)`` (read by the worker itself). ``description`` is the manifest's ``source`` (None: an anonymous
+    ``("docs", [document, ...])``, ``("arrow", string_array)`` or ``("parquet", path, [row_group, ...], start,
+    text_field)`` (read by the worker itself, from row `start` of the first group on). ``description`` is the manifest's ``source`` (None: an anonymous
     source, never resumed); ``inputs`` a fingerprint of the local files read (count, bytes, sizes and times), so
     that a resume over changed files is refused; ``total_documents``, when known, gives progress an ETA.
     """
@@ -247,33 +247,42 @@ def _parquet_rows(paths: list[Path]) -> int:
 
 
 def _parquet_tasks(path: Path, text_field: str, skip: int, where: str) -> Iterator[tuple]:
-    """Tasks for the rows of one parquet file from row `skip` on. A row group of a few tasks' worth of text is read
-    by the worker; a larger one is read here batch by batch (once, rather than once per task)."""
+    """Tasks for the rows of one parquet file from row `skip` on: consecutive row groups of about TASK_BYTES of text
+    together, read by the worker itself; a row group much larger than that is read here, batch by batch (once,
+    rather than once per task)."""
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
     _check_field(text_field, parquet.schema_arrow.names, where)
     meta = parquet.metadata
+    groups, size, start = [], 0, 0
     for group in range(meta.num_row_groups):
         rows = meta.row_group(group).num_rows
         if skip >= rows:
             skip -= rows
             continue
         columns = [meta.row_group(group).column(c) for c in range(meta.num_columns)]
-        size = sum(c.total_uncompressed_size for c in columns if c.path_in_schema.split(".")[0] == text_field)
-        step = max(1, rows * TASK_BYTES // max(size, 1))
-        if size <= 4 * TASK_BYTES:
-            for start in range(skip, rows, step):
-                yield ("parquet", str(path), group, start, min(rows, start + step), text_field)
-        else:
+        text = sum(c.total_uncompressed_size for c in columns if c.path_in_schema.split(".")[0] == text_field)
+        if text > 4 * TASK_BYTES:
+            if groups:
+                yield ("parquet", str(path), groups, start, text_field)
+                groups, size = [], 0
+            step = max(1, rows * TASK_BYTES // text)
             for batch in parquet.iter_batches(batch_size=step, row_groups=[group], columns=[text_field]):
-                column = batch.column(0)
-                if skip >= len(column):
-                    skip -= len(column)
-                    continue
-                yield ("arrow", column.slice(skip))
-                skip = 0
+                if skip < len(batch):
+                    yield ("arrow", batch.column(0).slice(skip))
+                skip = max(0, skip - len(batch))
+            continue
+        if not groups:
+            start = skip
+        groups.append(group)
+        size += text * (rows - skip) // rows
         skip = 0
+        if size >= TASK_BYTES:
+            yield ("parquet", str(path), groups, start, text_field)
+            groups, size = [], 0
+    if groups:
+        yield ("parquet", str(path), groups, start, text_field)
 
 
 def _batched(items: Iterable[tuple]) -> Iterator[tuple]:
@@ -489,9 +498,8 @@ def encode_task(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if task[0] == "parquet":
         import pyarrow.parquet as pq
 
-        _, path, group, start, stop, text_field = task
-        column = pq.ParquetFile(path).read_row_group(group, columns=[text_field]).column(0)
-        return _encode_column(column.slice(start, stop - start))
+        _, path, groups, start, text_field = task
+        return _encode_column(pq.ParquetFile(path).read_row_groups(groups, columns=[text_field]).column(0).slice(start))
     if task[0] == "arrow":
         return _encode_column(task[1])
     return _encode_documents(task[1])
