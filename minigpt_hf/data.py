@@ -31,6 +31,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -190,15 +191,20 @@ class DocumentSource:
 
     ``tasks(skip)`` yields tasks covering the documents from number `skip` (0-based) on; a task is
     ``("docs", [document, ...])``, ``("arrow", string_array)`` or ``("parquet", path, [row_group, ...], start,
-    text_field)`` (read by the worker itself, from row `start` of the first group on). ``description`` is the manifest's ``source`` (None: an anonymous
-    source, never resumed); ``inputs`` a fingerprint of the local files read (count, bytes, sizes and times), so
-    that a resume over changed files is refused; ``total_documents``, when known, gives progress an ETA.
+    text_field)`` (read by the worker itself, from row `start` of the first group on). ``description`` is the
+    manifest's ``source`` (None: an anonymous source, never resumed); ``inputs`` a fingerprint of the local files
+    read (count, bytes, sizes and times), so that a resume over changed files is refused; ``total_documents`` (a
+    number, or a function that opens the source to count them), when known, gives progress an ETA. Nothing is
+    read or downloaded before ``tasks`` runs, so a finished dataset is found "already prepared" offline.
     """
 
     description: Any
     tasks: Callable[[int], Iterator[tuple]]
-    total_documents: int | None = None
+    total_documents: int | Callable[[], int | None] | None = None
     inputs: dict | None = None
+
+    def total(self) -> int | None:
+        return self.total_documents() if callable(self.total_documents) else self.total_documents
 
 
 def _batched_documents(documents: Iterable[Any]) -> Iterator[tuple]:
@@ -333,9 +339,11 @@ def files_source(paths: Iterable[str | os.PathLike], text_field: str = "text") -
 
         return _batched(items())
 
-    total = None
-    if all(f.suffix in (".txt", ".parquet") for f in files):
-        total = sum(f.suffix == ".txt" for f in files) + _parquet_rows([f for f in files if f.suffix == ".parquet"])
+    def total() -> int | None:
+        if all(f.suffix in (".txt", ".parquet") for f in files):
+            return sum(f.suffix == ".txt" for f in files) + _parquet_rows([f for f in files if f.suffix == ".parquet"])
+        return None
+
     return DocumentSource({"type": "files", "paths": paths, "text_field": text_field}, tasks, total, _fingerprint(files))
 
 
@@ -381,18 +389,26 @@ def dataset_source(name: str, config: str | None = None, split: str = "train", t
                 yield from _parquet_tasks(path, text_field, skip, f"dataset {name} ({path.name})")
                 skip = 0
 
-        return DocumentSource(description, tasks, _parquet_rows(files), _fingerprint(files))
+        return DocumentSource(description, tasks, lambda: _parquet_rows(files), _fingerprint(files))
 
-    from datasets import load_dataset
+    opened = []
 
-    dataset = load_dataset(name, config, split=split, streaming=streaming)
-    total = len(dataset) if hasattr(dataset, "__len__") else None
-    if total is None:
+    def dataset():
+        if not opened:
+            from datasets import load_dataset
+
+            opened.append(load_dataset(name, config, split=split, streaming=streaming))
+        return opened[0]
+
+    def total() -> int | None:
+        if hasattr(dataset(), "__len__"):
+            return len(dataset())
         with contextlib.suppress(AttributeError, KeyError, TypeError):
-            total = dataset.info.splits[split].num_examples or None
+            return dataset().info.splits[split].num_examples or None
+        return None
 
     def tasks(skip: int) -> Iterator[tuple]:
-        for table in (dataset.skip(skip) if skip else dataset).with_format("arrow").iter(batch_size=TASK_ROWS):
+        for table in (dataset().skip(skip) if skip else dataset()).with_format("arrow").iter(batch_size=TASK_ROWS):
             _check_field(text_field, table.column_names, f"dataset {name}")
             yield ("arrow", table.column(text_field))
 
@@ -473,7 +489,7 @@ def _encode_column(column) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     kind = column.type
-    if pa.types.is_dictionary(kind) or pa.types.is_string_view(kind):
+    if pa.types.is_dictionary(kind) or getattr(pa.types, "is_string_view", lambda t: False)(kind):
         with contextlib.suppress(pa.ArrowException):
             column = column.cast(pa.large_string())
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
@@ -530,12 +546,33 @@ def _worker_init(lock_fd: int | None) -> None:
 
 @contextlib.contextmanager
 def _ordered_map(func, items: Iterable, num_proc: int, lock_fd: int | None = None) -> Iterator[Iterator]:
-    """``map(func, items)``, computed by a pool of `num_proc` processes (results in order) when num_proc > 1."""
+    """``map(func, items)``, computed by a pool of `num_proc` processes (results in order) when num_proc > 1, with
+    at most 4 tasks per process given out and not yet consumed (so memory stays bounded when writing lags)."""
     if num_proc <= 1:
         yield map(func, items)
         return
-    with mp.Pool(num_proc, initializer=_worker_init, initargs=(lock_fd,)) as pool:
-        yield pool.imap(func, items, chunksize=1)
+    room, stop = threading.BoundedSemaphore(4 * num_proc), threading.Event()
+
+    def given_out():
+        for item in items:
+            while not room.acquire(timeout=0.1):
+                if stop.is_set():
+                    return
+            yield item
+
+    def consumed(results):
+        for result in results:
+            room.release()
+            yield result
+
+    try:
+        with mp.Pool(num_proc, initializer=_worker_init, initargs=(lock_fd,)) as pool:
+            try:
+                yield consumed(pool.imap(func, given_out(), chunksize=1))
+            finally:
+                stop.set()  # the pool's feeder thread must not wait for room while the pool shuts down
+    finally:
+        stop.set()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -760,7 +797,8 @@ class _Progress:
     def __init__(self, enabled: bool, desc: str, max_tokens: int | None, total_documents: int | None, state: _State):
         self.enabled, self.desc, self.max_tokens, self.total_documents = enabled, desc, max_tokens, total_documents
         self.start, self.last = time.monotonic(), time.monotonic()
-        self.tokens0, self.tokens, self.documents = state.tokens, state.tokens, state.documents
+        self.tokens0, self.tokens, self.documents0, self.documents = state.tokens, state.tokens, state.documents, \
+            state.documents
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -791,8 +829,8 @@ class _Progress:
         elapsed = time.monotonic() - self.start
         if self.max_tokens and self.tokens > self.tokens0:
             left = (self.max_tokens - self.tokens) / self.rate()
-        elif self.total_documents and self.documents:
-            left = elapsed * (self.total_documents - self.documents) / max(self.documents, 1)
+        elif self.total_documents and self.documents > self.documents0:
+            left = elapsed * (self.total_documents - self.documents) / (self.documents - self.documents0)
         else:
             return ""
         return f", ETA {datetime.timedelta(seconds=round(max(left, 0)))}"
@@ -852,13 +890,19 @@ def prepare_shards(
         raise NotADirectoryError(f"--out_dir {out_dir} is a file, not a folder; choose another folder")
     if not isinstance(documents, DocumentSource):
         documents = iterable_source(documents, source)
-    identity = _identity(documents, prefix, shard_size, val_tokens, max_tokens)
+    elif source is not None:
+        raise ValueError("a DocumentSource carries its own description; do not pass source= with it")
+    identity = json.loads(json.dumps(_identity(documents, prefix, shard_size, val_tokens, max_tokens)))  # as stored
     lock = FolderLock(out_dir, "prepare-data", DATA_LOCK_NAME)
     with lock.acquire(blocking=wait_for_lock):
         run = _Preparation(documents, out_dir, identity, num_proc, overwrite, progress, log or (lambda line: None),
                            lock._fd)  # (the workers close their copy of the lock's descriptor)
         run.started = started or run.started
         return run.run()
+
+
+class SourceChangedError(ValueError):
+    """A resumed preparation found other documents where the last run stopped."""
 
 
 class _Preparation:
@@ -913,6 +957,8 @@ class _Preparation:
             _kill_point("manifest")
             _write_json(self.manifest_path, manifest)  # the switch
             _kill_point("published")
+        except SourceChangedError:
+            raise  # what is there may still be wanted: the user decides
         except ValueError:
             self._discard(state)  # bad input: what this run wrote can never be finished
             raise
@@ -1026,8 +1072,8 @@ class _Preparation:
         skipped = np.array([state.skipped[r] for r in SKIP_REASONS], np.int64)
         done = False
         _warm_up()  # the BPE, its tables and pyarrow once, before the workers fork
-        bar = _Progress(self.progress, f"tokenizing into {self.out_dir}", max_tokens, self.source.total_documents,
-                        state)
+        bar = _Progress(self.progress, f"tokenizing into {self.out_dir}", max_tokens,
+                        self.source.total() if self.progress else None, state)
         ok = False
         try:
             with _ordered_map(encode_task, self.source.tasks(state.documents), self.num_proc, self.lock_fd) as results:
@@ -1035,8 +1081,10 @@ class _Preparation:
                     new = reasons == 0
                     if lead:
                         if not len(counts) or reasons[0] or counts[0] <= lead:
-                            raise ValueError(f"{self.out_dir}: the source changed since the last run (document "
-                                             f"{documents + 1:,} is not what it was); pass --overwrite to start again")
+                            raise SourceChangedError(
+                                f"{self.out_dir}: the source changed since the last run (document {documents + 1:,} "
+                                f"is not what it was); delete {self.journal_path} to start again, or choose another "
+                                "--out_dir")
                         tokens, counts, new = tokens[lead:], counts.copy(), new.copy()
                         counts[0] -= lead
                         new[0] = False  # counted when its first tokens were written
@@ -1188,8 +1236,12 @@ def split_entries(data_dir: str | os.PathLike, split: str, manifest: dict | None
 
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file, read in large blocks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    digest, block = hashlib.sha256(), bytearray(1 << 20)
+    view = memoryview(block)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(block):
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 def check_shard(data_dir: str | os.PathLike, entry: dict, vocab_size: int | None = None,

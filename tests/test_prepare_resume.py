@@ -93,14 +93,14 @@ def references(corpus, tmp_path_factory):
     return sources, refs
 
 
-def killed_child(args: list[str], point: str) -> bool:
-    """Run the CLI in a forked child with MINIGPT_PREPARE_KILL=point; whether it died of SIGKILL."""
+def killed_child(args, point: str) -> bool:
+    """Run the CLI (or a function) in a forked child with MINIGPT_PREPARE_KILL=point; whether it died of SIGKILL."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
             os.environ["MINIGPT_PREPARE_KILL"] = point
             sys.stdout = sys.stderr = open(os.devnull, "w")
-            cli.main(args)
+            args() if callable(args) else cli.main(args)
         finally:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
@@ -148,6 +148,32 @@ def test_the_resume_line_says_from_which_shard_and_after_how_many_documents(refe
     assert first == (f"resuming {out}: 4 finished shards kept (last ds_train_000002.npy); continuing with shard 5 "
                      f"after {docs:,} documents" + (f" and {offset:,} tokens of the next" if offset else ""))
     assert snapshot(out) == refs["dataset"]
+
+
+def test_killed_with_max_tokens_then_the_same_bytes(references, tmp_path):
+    sources, _ = references
+    args = lambda out, **kw: argv(out, *sources["dataset"], max_tokens=51_234, **kw)  # noqa: E731
+    assert cli.main(args(tmp_path / "ref", num_proc=1)) == 0
+    for point in ("journal:4", "journal:8", "manifest"):  # 8: the last shard, cut by max_tokens
+        out = tmp_path / point.replace(":", "-")
+        assert killed_child(args(out), point)
+        assert cli.main(args(out)) == 0
+        assert snapshot(out) == snapshot(tmp_path / "ref")
+    assert sum(data.read_manifest(tmp_path / "ref")["tokens"].values()) == 51_234
+
+
+def test_a_source_that_changed_under_a_resume_is_refused_and_kept(tmp_path):
+    out, kwargs = tmp_path / "out", {"prefix": "t", "shard_size": 3001, "val_tokens": 1000, "progress": False,
+                                     "source": {"name": "mine"}}
+    assert killed_child(lambda: data.prepare_shards(DOCS, out, **kwargs), "journal:2")
+    journal = json.loads((out / data.JOURNAL_NAME).read_text())
+    assert journal["position"]["offset"] > 0  # the third shard ended inside a document
+    changed = list(DOCS)
+    changed[journal["position"]["documents"]] = "short"
+    with pytest.raises(data.SourceChangedError, match=f"delete {out / data.JOURNAL_NAME} to start again"):
+        data.prepare_shards(changed, out, **kwargs)
+    assert json.loads((out / data.JOURNAL_NAME).read_text())["shards"] == journal["shards"]  # nothing discarded
+    assert data.prepare_shards(DOCS, out, **kwargs)["shards"][:3] == journal["shards"]
 
 
 def test_killed_twice_in_a_row_still_the_same(references, tmp_path):
@@ -419,3 +445,18 @@ def test_the_benchmark_runs_at_a_tiny_size(tmp_path):
     assert result["corpus"]["tokens"] >= 60000 and json.loads((tmp_path / "r.json").read_text())["num_proc"] == 2
     assert set(result["mtok_per_s"]) == {"reference", "ours"} and result["hours_10B"]["ours"][64] > 0
     assert data.verify_dataset(tmp_path / "out-ours") == []
+
+
+def test_the_pool_gets_at_most_four_tasks_per_process_ahead_of_the_writer():
+    pulled = []
+
+    def tasks():
+        for i in range(60):
+            pulled.append(i)
+            yield i
+
+    with data._ordered_map(abs, tasks(), num_proc=2) as results:
+        for consumed, _ in enumerate(results, 1):
+            time.sleep(0.01)  # a slow writer
+            assert len(pulled) <= consumed + 4 * 2 + 1
+    assert len(pulled) == 60
