@@ -300,6 +300,18 @@ def stages(corpus: Path, workdir: Path, limit_tokens: int) -> dict:
     return per
 
 
+def projection(per: dict, processes=(16, 64), tokens: float = 10e9) -> dict:
+    """Hours for `tokens` from the stage timings: the workers (encode text never seen, plus reading where the worker
+    reads) scale with the processes, one core each; the main process's serial stages (reading for the reference,
+    moving results, writing) are the ceiling."""
+    worker = {"reference": per["reference encode, unseen text"],
+              "ours": per["ours encode, unseen text"] + per["ours read"]}
+    main = {"reference": per["reference read"] + per["reference transfer"] + per["reference write"],
+            "ours": per["ours transfer"] + per["ours write"]}
+    return {name: {p: tokens / 1e6 / min(p / worker[name], 1 / main[name]) / 3600 for p in processes}
+            for name in worker}
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -363,13 +375,17 @@ def main(argv=None) -> dict:
               "ratio_bare_median": statistics.median(bare) if bare else None,
               "ratio_bare_range": [min(bare), max(bare)] if bare else None,
               "cpu_s_median": {n: statistics.median(r["cpu"] for r in rs) for n, rs in rows.items()},
-              "stages_s_per_mtok": per_stage}
+              "stages_s_per_mtok": per_stage, "hours_10B_from_stages": projection(per_stage) if per_stage else None}
     names = list(rows)
     print("\n| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     print("| whole process, median | " + " | ".join(f"{med[n]:.2f} s, {mtok[n]:.2f} Mtok/s" for n in names) + " |")
     print("| CPU seconds, median | " + " | ".join(f"{result['cpu_s_median'][n]:.1f}" for n in names) + " |")
-    print("| 10B tokens at 16 / 64 processes | " + " | ".join(f"{hours[n][16]:.1f} h / {hours[n][64]:.1f} h"
-                                                            for n in names) + " |")
+    print("| 10B tokens at 16 / 64 processes (linear) | " + " | ".join(
+        f"{hours[n][16]:.2f} h / {hours[n][64]:.2f} h" for n in names) + " |")
+    if per_stage:
+        proj = result["hours_10B_from_stages"]
+        print(f"| 10B tokens at 16 / 64 processes (stages) | {proj['reference'][16]:.2f} h / "
+              f"{proj['reference'][64]:.2f} h | {proj['ours'][16]:.2f} h / {proj['ours'][64]:.2f} h |")
     print(f"\nratio ours/reference (whole process): {result['ratio_median']:.2f}x median, range "
           f"{min(ratios):.2f}-{max(ratios):.2f}; after start-up: {result['ratio_after_startup_median']:.2f}x"
           + (f"; ours-bare/reference: {result['ratio_bare_median']:.2f}x (range {min(bare):.2f}-{max(bare):.2f})"
