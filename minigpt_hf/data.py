@@ -37,12 +37,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, count, islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .checkpoint import FolderLock, config_hash, fsync_dir, write_text_atomic
 from .tokenization import EOT_ID, GPT2_VOCAB_SIZE, get_encoding
+
+if TYPE_CHECKING:
+    import torch  # the loader's tensors; imported where they are made, so that preparing data needs no torch
 
 MANIFEST_NAME = "manifest.json"
 JOURNAL_NAME = ".prepare-progress.json"
@@ -344,7 +347,8 @@ def files_source(paths: Iterable[str | os.PathLike], text_field: str = "text") -
             return sum(f.suffix == ".txt" for f in files) + _parquet_rows([f for f in files if f.suffix == ".parquet"])
         return None
 
-    return DocumentSource({"type": "files", "paths": paths, "text_field": text_field}, tasks, total, _fingerprint(files))
+    description = {"type": "files", "paths": paths, "text_field": text_field}
+    return DocumentSource(description, tasks, total, _fingerprint(files))
 
 
 def _local_parquet_files(name: str, config: str | None, split: str) -> tuple[list[Path], list[Path]] | None:
@@ -523,7 +527,7 @@ def encode_task(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _warm_up() -> None:
     """Import and build what every worker needs, so that forked workers start with it."""
-    import pyarrow.parquet  # noqa: F401
+    import pyarrow.parquet  # noqa: F401 -- imported for the workers
 
     from .bpe_batch import _token_bytes
 
@@ -597,8 +601,8 @@ def _kill_point(point: str, index: int = -1) -> None:
     """Tests: ``MINIGPT_PREPARE_KILL=POINT[:INDEX]`` SIGKILLs this process at that point of the preparation
     (shard-write: halfway through writing shard INDEX; shard-written: after its rename; journal: after the
     journal that lists it; manifest: before the manifest; published: after it)."""
-    want = os.environ.get("MINIGPT_PREPARE_KILL")
-    if want and want.partition(":")[0] == point and (not want.partition(":")[2] or int(want.partition(":")[2]) == index):
+    want, _, at = os.environ.get("MINIGPT_PREPARE_KILL", "").partition(":")
+    if want == point and (not at or int(at) == index):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -1247,8 +1251,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 def check_shard(data_dir: str | os.PathLike, entry: dict, vocab_size: int | None = None,
                 contents: bool = True) -> np.ndarray:
     """The shard of a manifest `entry`, memory-mapped, after checking that it is the file the manifest lists: its
-    dtype, shape and token count always, its sha256 (when the manifest has one) with `contents`, and, given `vocab_size`,
-    that every token is below it. Every mismatch is a one-line error naming the shard and the fix."""
+    dtype, shape and token count always, its sha256 (when the manifest has one) with `contents`, and, given
+    `vocab_size`, that every token is below it. Every mismatch is a one-line error naming the shard and the fix."""
     path = Path(data_dir) / entry["file"]
     fix = f"run minigpt verify {data_dir}, then prepare the data again (minigpt prepare-data ... --overwrite)"
     tokens = load_shard(path, vocab_size)

@@ -139,7 +139,7 @@ def test_the_resume_line_says_from_which_shard_and_after_how_many_documents(refe
     out = tmp_path / "out"
     assert killed_child(argv(out, *sources["dataset"]), "journal:3")
     journal = json.loads((out / data.JOURNAL_NAME).read_text())
-    assert [s["file"] for s in journal["shards"]] == [f"ds_val_000000.npy"] + [f"ds_train_{i:06d}.npy" for i in range(3)]
+    assert [s["file"] for s in journal["shards"]] == ["ds_val_000000.npy"] + [f"ds_train_{i:06d}.npy" for i in range(3)]
     docs, offset = journal["position"]["documents"], journal["position"]["offset"]
     assert 0 < docs < len(DOCS) and journal["stats"]["tokens"] == VAL + 3 * SHARD
     capsys.readouterr()
@@ -302,7 +302,8 @@ def test_a_changed_command_is_refused_naming_the_differences(references, corpus,
         (argv(out, *sources["dataset"], shard_size=7000), ["--shard_size 6000 -> 7000"]),
         (argv(out, *sources["dataset"], text_field="id", max_tokens=50_000),
          ["--text_field 'text' -> 'id'", "--max_tokens None -> 50000"]),
-        (argv(out, *sources["dataset"], val_tokens=0, prefix="web"), ["--val_tokens 4000 -> 0", "--prefix 'ds' -> 'web'"]),
+        (argv(out, *sources["dataset"], val_tokens=0, prefix="web"),
+         ["--val_tokens 4000 -> 0", "--prefix 'ds' -> 'web'"]),
         (argv(out, *sources["files"]), ["source --dataset", f"-> --input {corpus / 'files'}"]),
     ]
     capsys.readouterr()
