@@ -61,7 +61,11 @@ class PrepareArguments:
         default_factory=lambda: max(1, (os.cpu_count() or 2) // 2),
         metadata={"help": "Tokenising processes; the default is half the CPUs."},
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace shards and manifest already in --out_dir."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace a dataset in --out_dir prepared by another command (kept until the new one is "
+                          "complete), or discard another command's unfinished preparation there."},
+    )
 
 
 @command
