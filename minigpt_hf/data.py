@@ -826,7 +826,8 @@ class _Progress:
                 self.bar.set_postfix_str(f"{self.rate() / 1e6:.2f}M tok/s", refresh=False)
         elif time.monotonic() - self.last >= PROGRESS_EVERY:
             self.last = time.monotonic()
-            print(f"{self.desc}: {tokens:,} tokens, {documents:,} documents, {self.rate() / 1e6:.2f}M tok/s"
+            print(f"{self.desc}: {_plural(tokens, 'token')}, {_plural(documents, 'document')}, "
+                  f"{self.rate() / 1e6:.2f}M tok/s"
                   f"{self.eta()}", file=sys.stderr, flush=True)
 
     def eta(self) -> str:
