@@ -68,6 +68,7 @@ SKIP_REASONS = ("empty", "not_text", "invalid_utf8")
 TASK_BYTES = 2 << 20  # text per worker task: large enough to amortise, small enough to spread over the workers
 TASK_ROWS = 1024  # rows per task where their size is unknown (a `datasets` stream)
 PROGRESS_EVERY = 60.0  # seconds between progress lines when stderr is not a terminal
+WORKER_CHECK_EVERY = 10.0  # seconds without a result after which the workers are checked for one that died
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -536,8 +537,10 @@ def _warm_up() -> None:
 
 
 def _worker_init(lock_fd: int | None) -> None:
-    """A pool worker: leave Ctrl-C to the main process, die with it, and drop its copy of the folder lock."""
+    """A pool worker: leave Ctrl-C to the main process, die of SIGTERM (the pool's terminate(); not the handler a
+    forked worker inherits), die with the main process, and drop its copy of the folder lock."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
@@ -564,15 +567,28 @@ def _ordered_map(func, items: Iterable, num_proc: int, lock_fd: int | None = Non
                     return
             yield item
 
-    def consumed(results):
-        for result in results:
+    def consumed(results, pool):
+        workers = list(pool._pool)  # (multiprocessing's own list; the pool replaces a worker that died)
+        while True:
+            try:
+                result = results.next(timeout=WORKER_CHECK_EVERY)
+            except StopIteration:
+                return
+            except mp.TimeoutError:  # a worker that died (out of memory?) lost its task: never wait for it
+                workers += [w for w in pool._pool if w not in workers]
+                dead = [w.exitcode for w in workers if w.exitcode is not None]
+                if dead:
+                    how = f"killed by signal {-dead[0]}, out of memory?" if dead[0] < 0 else f"exit code {dead[0]}"
+                    raise ChildProcessError(f"a tokenising worker died ({how}); the finished shards are kept: run "
+                                            "the same command again to resume") from None
+                continue
             room.release()
             yield result
 
     try:
         with mp.Pool(num_proc, initializer=_worker_init, initargs=(lock_fd,)) as pool:
             try:
-                yield consumed(pool.imap(func, given_out(), chunksize=1))
+                yield consumed(pool.imap(func, given_out(), chunksize=1), pool)
             finally:
                 stop.set()  # the pool's feeder thread must not wait for room while the pool shuts down
     finally:
@@ -598,12 +614,34 @@ def shard_bytes(n_tokens: int) -> int:
 
 
 def _kill_point(point: str, index: int = -1) -> None:
-    """Tests: ``MINIGPT_PREPARE_KILL=POINT[:INDEX]`` SIGKILLs this process at that point of the preparation
-    (shard-write: halfway through writing shard INDEX; shard-written: after its rename; journal: after the
-    journal that lists it; manifest: before the manifest; published: after it)."""
-    want, _, at = os.environ.get("MINIGPT_PREPARE_KILL", "").partition(":")
+    """Tests: ``MINIGPT_PREPARE_KILL=POINT[:INDEX[:SIGNAL]]`` SIGKILLs (or sends SIGNAL, e.g. TERM) this process at
+    that point of the preparation (shard-write: halfway through writing shard INDEX; shard-written: after its
+    rename; journal: after the journal that lists it; manifest: before the manifest; published: after it)."""
+    want, at, sig = (os.environ.get("MINIGPT_PREPARE_KILL", "").split(":") + ["", ""])[:3]
     if want == point and (not at or int(at) == index):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig}") if sig else signal.SIGKILL)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption) during a preparation that handles it."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts(enabled: bool) -> Iterator[None]:
+    """While enabled (and on the main thread), SIGTERM raises :class:`Terminated` -- the run stops as after
+    Ctrl-C, keeping its finished shards -- instead of ending the process where it stands."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 _IO_HINTS = {
@@ -865,6 +903,7 @@ def prepare_shards(
     wait_for_lock: bool = False,
     log: Callable[[str], None] | None = None,
     started: float | None = None,
+    handle_sigterm: bool = False,
 ) -> dict:
     """Tokenise `documents` into shards ``{prefix}_{split}_{index:06d}.npy`` in `out_dir`; return the manifest.
 
@@ -883,7 +922,8 @@ def prepare_shards(
 
     The folder is locked for the run (``.prepare.lock``): a second preparation into it fails at once naming the owner
     (or, with `wait_for_lock`, waits for it). `log` receives the one-line messages (resuming, already prepared,
-    interrupted, wrote ... in N s, counted from `started`, a ``time.time()``).
+    interrupted, wrote ... in N s, counted from `started`, a ``time.time()``). With `handle_sigterm` (the command
+    line's), SIGTERM stops the run as Ctrl-C does, with its line, rather than ending the process at once.
     """
     if shard_size < 1 or val_tokens < 0 or (max_tokens is not None and max_tokens < 1):
         raise ValueError(
@@ -899,7 +939,7 @@ def prepare_shards(
         raise ValueError("a DocumentSource carries its own description; do not pass source= with it")
     identity = json.loads(json.dumps(_identity(documents, prefix, shard_size, val_tokens, max_tokens)))  # as stored
     lock = FolderLock(out_dir, "prepare-data", DATA_LOCK_NAME)
-    with lock.acquire(blocking=wait_for_lock):
+    with lock.acquire(blocking=wait_for_lock), _sigterm_interrupts(handle_sigterm):
         run = _Preparation(documents, out_dir, identity, num_proc, overwrite, progress, log or (lambda line: None),
                            lock._fd)  # (the workers close their copy of the lock's descriptor)
         run.started = started or run.started
@@ -971,7 +1011,8 @@ class _Preparation:
             if self.anonymous:
                 self._discard(state)
             elif isinstance(err, KeyboardInterrupt) and state.shards:
-                self.log(f"interrupted: {_plural(len(state.shards), 'finished shard')} kept in {self.out_dir}; run "
+                how = "stopped by SIGTERM" if isinstance(err, Terminated) else "interrupted"
+                self.log(f"{how}: {_plural(len(state.shards), 'finished shard')} kept in {self.out_dir}; run "
                          "the same command again to resume")
             raise
         for name in self.old_files - {s["file"] for s in manifest["shards"]}:  # the old dataset, no longer listed

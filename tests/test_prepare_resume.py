@@ -93,17 +93,22 @@ def references(corpus, tmp_path_factory):
     return sources, refs
 
 
-def killed_child(args, point: str) -> bool:
-    """Run the CLI (or a function) in a forked child with MINIGPT_PREPARE_KILL=point; whether it died of SIGKILL."""
+def killed_child(args, point: str, output=os.devnull):
+    """Run the CLI (or a function) in a forked child with MINIGPT_PREPARE_KILL=point, printing to `output`: whether it
+    died of SIGKILL (or, for a point that sends another signal, its exit code)."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
+        code = 3
         try:
             os.environ["MINIGPT_PREPARE_KILL"] = point
-            sys.stdout = sys.stderr = open(os.devnull, "w")
-            args() if callable(args) else cli.main(args)
+            sys.stdout = sys.stderr = open(output, "w", buffering=1)
+            code = args() if callable(args) else cli.main(args)
         finally:
-            os._exit(3)
+            sys.stdout.flush()
+            os._exit(code if isinstance(code, int) else 3)
     _, status = os.waitpid(pid, 0)
+    if point.count(":") == 2:
+        return os.waitstatus_to_exitcode(status)
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
@@ -174,6 +179,33 @@ def test_a_source_that_changed_under_a_resume_is_refused_and_kept(tmp_path):
         data.prepare_shards(changed, out, **kwargs)
     assert json.loads((out / data.JOURNAL_NAME).read_text())["shards"] == journal["shards"]  # nothing discarded
     assert data.prepare_shards(DOCS, out, **kwargs)["shards"][:3] == journal["shards"]
+
+
+def test_sigterm_stops_like_ctrl_c_with_one_line_and_resumes(references, tmp_path, capsys):
+    sources, refs = references
+    out = tmp_path / "out"
+    assert killed_child(argv(out, *sources["dataset"]), "journal:3:TERM", output=tmp_path / "log") == 130
+    assert (tmp_path / "log").read_text().splitlines() == [
+        f"stopped by SIGTERM: 4 finished shards kept in {out}; run the same command again to resume", "interrupted"]
+    assert cli.main(argv(out, *sources["dataset"])) == 0
+    assert capsys.readouterr().out.startswith(f"resuming {out}: 4 finished shards kept")
+    assert snapshot(out) == refs["dataset"]
+
+
+def _die_on_three(x):
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+    return x
+
+
+def test_a_worker_that_dies_stops_the_run_instead_of_hanging_it(monkeypatch):
+    monkeypatch.setattr(data, "WORKER_CHECK_EVERY", 0.3)
+    start = time.time()
+    with pytest.raises(ChildProcessError, match=r"a tokenising worker died \(killed by signal 9, out of memory\?\); "
+                                                 "the finished shards are kept"):
+        with data._ordered_map(_die_on_three, iter(range(10)), num_proc=2) as results:
+            list(results)
+    assert time.time() - start < 60
 
 
 def test_killed_twice_in_a_row_still_the_same(references, tmp_path):

@@ -112,4 +112,5 @@ def prepare(args: PrepareArguments, log=None, started: float | None = None) -> d
         overwrite=args.overwrite,
         log=log,
         started=started,
+        handle_sigterm=True,
     )
