@@ -88,11 +88,11 @@ def test_two_processes_write_the_same_bytes(tmp_path):
 
 def test_refuses_to_overwrite_without_the_flag(tmp_path):
     prepare(DOCS, tmp_path)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != data.DATA_LOCK_NAME}
     with pytest.raises(FileExistsError, match="--overwrite") as e:
         prepare(DOCS[:5], tmp_path)
     assert str(tmp_path) in str(e.value)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != data.DATA_LOCK_NAME} == before
     manifest = prepare(DOCS[:5], tmp_path, overwrite=True)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == sorted([s["file"] for s in manifest["shards"]] + ["manifest.json", data.DATA_LOCK_NAME])
@@ -390,7 +390,9 @@ def test_cli_writes_shards_and_reports_errors_in_one_line(tmp_path, capsys):
     manifest = data.read_manifest(tmp_path / "out")
     assert manifest["source"]["type"] == "files" and manifest["shards"][1]["file"] == "local_train_000000.npy"
     assert "documents" in capsys.readouterr().out
-    assert cli.main(argv) == 2
+    assert cli.main(argv) == 0  # the same command on a finished dataset: a no-op
+    assert capsys.readouterr().out.startswith("already prepared: ")
+    assert cli.main(argv[:-4] + ["--val_tokens", "50", "--num_proc", "1"]) == 2  # another command
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
     assert cli.main(argv + ["--overwrite"]) == 0

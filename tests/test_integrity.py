@@ -526,3 +526,24 @@ def test_sigkill_during_an_overwrite_never_leaves_the_target_missing(command, ru
     finally:
         proc.stdin.close()
         proc.wait(timeout=120)
+
+
+def test_verify_a_data_folder(shakespeare, tmp_path, capsys):
+    """``minigpt verify DATA_DIR`` checks the shards against the manifest's hashes: exit 0 when whole, 1 and one
+    line naming the shard when one was rewritten with other valid tokens of the same size."""
+    import shutil
+
+    import numpy as np
+
+    from minigpt_hf.commands import verify
+
+    data = tmp_path / "data"
+    shutil.copytree(shakespeare, data)
+    assert verify.main([str(data)]) == 0
+    assert "all is well" in capsys.readouterr().out
+    shard = sorted(data.glob("*_train_*.npy"))[0]
+    tokens = np.load(shard)
+    np.save(shard, (tokens[::-1]).copy())  # the same size and valid ids, other contents
+    assert verify.main([str(data)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and shard.name in lines[0] and "1 problem," in lines[1]

@@ -5,8 +5,10 @@
     minigpt prepare-data --out_dir data/fineweb-edu --dataset HuggingFaceFW/fineweb-edu \\
         --dataset_config sample-10BT --max_tokens 101000000               # the notes: 100M train + 1M val
 
-The flags can also come from one .yaml or .json file: ``minigpt prepare-data args.yaml``. With --overwrite the new
-dataset is built beside the old one, which stays usable until the new one is complete.
+The flags can also come from one .yaml or .json file: ``minigpt prepare-data args.yaml``. The same command run again
+resumes an interrupted preparation after its last finished shard, and is a no-op ("already prepared") on a finished
+one; another command into the same folder is refused unless --overwrite, with which the new dataset is built beside
+the old one, which stays usable until the new one is complete.
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ class PrepareArguments:
         default_factory=lambda: max(1, (os.cpu_count() or 2) // 2),
         metadata={"help": "Tokenising processes; the default is half the CPUs."},
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace shards and manifest already in --out_dir."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace a dataset in --out_dir prepared by another command (kept until the new one is "
+                          "complete), or discard another command's unfinished preparation there."},
+    )
 
 
 @command
@@ -72,42 +78,29 @@ def main(argv: list[str] | None = None) -> int:
         args = from_mapping(PrepareArguments, read_yaml(argv[0]), argv[0], prog)  # JSON is YAML too
     else:
         (args,) = parse_dataclasses((PrepareArguments,), argv, prog, __doc__, config_flag=False)
-    manifest = prepare(args)
-    from .. import data
-
-    print(f"wrote {args.out_dir} in {time.time() - start:.1f} s: {data.manifest_summary(manifest)}")
+    prepare(args, log=lambda line: print(line, flush=True), started=start)
     return 0
 
 
-def prepare(args: PrepareArguments) -> dict:
-    """Open the source that `args` name and write its shards; the manifest."""
+def prepare(args: PrepareArguments, log=None, started: float | None = None) -> dict:
+    """Open the source that `args` name and write its shards (or resume, or find them done); the manifest."""
     from .. import data
 
     if args.dataset and args.input:
         raise ValueError("give --dataset or --input, not both")
+    if args.num_proc < 1:
+        raise ValueError(f"--num_proc {args.num_proc}: must be at least 1")
     shard_size, val_tokens = data.SHARD_SIZE, data.VAL_TOKENS
     if args.dataset:
-        documents = data.iter_hf_documents(
-            args.dataset, args.dataset_config, args.split, args.text_field, args.streaming
-        )
-        source = {
-            "type": "dataset",
-            "name": args.dataset,
-            "config": args.dataset_config,
-            "split": args.split,
-            "streaming": args.streaming,
-            "text_field": args.text_field,
-        }
+        source = data.dataset_source(args.dataset, args.dataset_config, args.split, args.text_field, args.streaming)
         prefix = Path(args.dataset).name.lower()
     elif args.input:
-        documents = data.iter_file_documents(args.input, args.text_field)
-        source = {"type": "files", "paths": args.input, "text_field": args.text_field}
-        prefix = "local"
+        source, prefix = data.files_source(args.input, args.text_field), "local"
     else:
-        documents, source, prefix = data.iter_embedded_documents(), data.EMBEDDED_SOURCE, "shakespeare"
+        source, prefix = data.embedded_source(), "shakespeare"
         shard_size, val_tokens = data.EMBEDDED_SHARD_SIZE, data.EMBEDDED_VAL_TOKENS
     return data.prepare_shards(
-        documents,
+        source,
         args.out_dir,
         prefix=args.prefix or prefix,
         shard_size=shard_size if args.shard_size is None else args.shard_size,
@@ -115,5 +108,7 @@ def prepare(args: PrepareArguments) -> dict:
         max_tokens=args.max_tokens,
         num_proc=args.num_proc,
         overwrite=args.overwrite,
-        source=source,
+        log=log,
+        started=started,
+        handle_sigterm=True,
     )

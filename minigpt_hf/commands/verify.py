@@ -67,13 +67,8 @@ def check_run(run: Path) -> tuple[list[str], list[str], int]:
 
 
 def check_data(folder: Path) -> tuple[list[str], list[str], int]:
-    try:
-        from ..data import verify_dataset
-    except ImportError:
-        # TODO(issue 18, data side): minigpt_hf.data.verify_dataset(data_dir) -> list[str] (one line per problem)
-        # comes with the shard hashes of the manifest; until it is merged a data folder cannot be verified here.
-        raise ValueError(f"{folder} is a data folder, and this version cannot verify data folders yet "
-                         "(minigpt_hf.data.verify_dataset is missing); update minigpt_hf") from None
+    from ..data import verify_dataset
+
     size = sum(p.stat().st_size for p in folder.glob("*.npy"))
     return list(verify_dataset(folder)), [], size
 

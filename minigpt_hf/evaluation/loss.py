@@ -25,19 +25,23 @@ from tqdm.auto import tqdm
 
 def load_tokens(path, split: str = "val", max_tokens: int | None = None) -> np.ndarray:
     """Tokens of one ``.npy`` shard, or of a data folder's ``split`` shards in the order its manifest lists them,
-    stopping after ``max_tokens``. A single shard stays memory-mapped."""
-    from ..data import load_shard, split_shards
+    stopping after ``max_tokens``. A single shard stays memory-mapped.
+
+    For a data folder the manifest is not taken on trust: the split's total must equal its shards' counts, and
+    every shard read must have the token count and (when recorded) the sha256 the manifest gives it -- a one-line
+    error naming the shard otherwise. Val shards are small (1M tokens, 2 MB, by default): hashing costs ~ms."""
+    from ..data import check_shard, load_shard, split_entries
 
     path = Path(path)
     if path.is_dir():
-        shards = split_shards(path, split)
+        shards = [lambda entry=entry: check_shard(path, entry) for entry in split_entries(path, split)]
     elif path.is_file():
-        shards = [path]
+        shards = [lambda: load_shard(path)]
     else:
         raise FileNotFoundError(f"{path}: no such token shard or data folder")
     parts, total = [], 0
     for shard in shards:
-        tokens = load_shard(shard)
+        tokens = shard()
         if max_tokens is not None:
             tokens = tokens[: max_tokens - total]
         parts.append(tokens)
