@@ -656,7 +656,8 @@ _IO_HINTS = {
 def _io_error(err: OSError, path: Path) -> OSError:
     """`err` while writing `path` as one line naming the file and the fix (the errno is kept)."""
     hint = _IO_HINTS.get(err.errno, "check the disk")
-    new = OSError(f"cannot write {path}: {err.strerror or err}; {hint}, then run the same command again: it "
+    reason = err.strerror or (os.strerror(err.errno) if err.errno else err)  # (a WriteError carries only errno)
+    new = OSError(f"cannot write {path}: {reason}; {hint}, then run the same command again: it "
                   "resumes after the last finished shard")
     new.errno = err.errno
     return new

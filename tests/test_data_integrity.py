@@ -127,7 +127,8 @@ def test_eval_loss_does_not_trust_a_wrong_val_count(tmp_path, capsys):
     (tmp_path / "manifest.json").write_text(json.dumps(wrong))
     with pytest.raises(ValueError, match="the val split is said to hold 1,200 tokens but its shards list 1,000"):
         load_tokens(tmp_path, "val")
-    assert eval_loss.main(["--model", str(tmp_path / "no-model"), "--data", str(tmp_path)]) == 2
+    (tmp_path / "model").mkdir()  # the data is checked before any model is loaded
+    assert eval_loss.main(["--model", str(tmp_path / "model"), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "said to hold 1,200 tokens" in err
     wrong["tokens"]["val"], wrong["shards"][0]["tokens"] = 1200, 1200  # both agree, the shard does not
