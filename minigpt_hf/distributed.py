@@ -18,8 +18,7 @@ from . import checkpoint as ckpt
 
 RESUME_HINT = "resume with the same command and --resume_from_checkpoint latest"
 # what gloo (and the TCP store) say when the other end of a connection is gone, or did not answer in time
-_LOST = re.compile(r"connection (closed|reset) by peer|broken pipe|connection refused|end of file|"
-                   r"socket closed|recv.*\b(failed|returned 0)", re.IGNORECASE)
+_LOST = re.compile(r"connection (closed|reset) by peer|broken pipe|connection refused", re.IGNORECASE)
 _TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _PEER = re.compile(r"\[([0-9a-fA-F.:]+)\]:(\d+)")
 
@@ -84,7 +83,11 @@ def lost_peer_line(err: BaseException, step: int, output_dir: str, timeout: int)
     """The one line for a collective that failed because another process died or hung, or None when ``err`` is
     something else. It names what happened (a lost peer, with its address when gloo gives one, or the timeout),
     the step, and the newest finished checkpoint with the command that resumes from it."""
+    import torch.distributed as dist
+
     text = " ".join(str(err).split())
+    if not (isinstance(err, dist.DistError) or "gloo" in text.lower()):  # not from a collective
+        return None
     peer = _PEER.search(text)
     if _LOST.search(text):
         what = (f"lost a peer at step {step}: " + (f"{peer.group(1)}:{peer.group(2)} closed the connection" if peer else

@@ -303,7 +303,10 @@ def test_the_line_of_a_lost_peer_names_it_the_step_and_the_checkpoint(tmp_path):
     assert line == (f"timed out at step 5: no answer from another process within --ddp_timeout 10 s (a machine hung "
                     f"or is unreachable); the last finished checkpoint is {ckpt.checkpoint_path(out, 4)}; resume "
                     "with the same command and --resume_from_checkpoint latest")
-    assert distributed.lost_peer_line(RuntimeError("CUDA out of memory"), 5, out, 10) is None  # raised as it is
+    for other in (RuntimeError("CUDA out of memory"), RuntimeError("timed out reading /data/shard_3.npy")):
+        assert distributed.lost_peer_line(other, 5, out, 10) is None  # not a collective: raised as it is
+    store = torch.distributed.DistNetworkError("Connection reset by peer")  # the TCP store, without gloo's prefix
+    assert distributed.lost_peer_line(store, 5, out, 10).startswith("lost a peer at step 5: a connection closed")
 
 
 class FakeAccelerator:
