@@ -130,6 +130,9 @@ class TrainArguments:
     keep_last: int = field(default=3, metadata={"help": "checkpoints to keep (the newest); 0 keeps all"})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "latest (the newest in output_dir, if any) or a checkpoint folder"})
+    ddp_timeout: int = field(
+        default=1800, metadata={"help": "seconds a process waits in a collective for the others before the run stops "
+                                        "with a line naming the timeout (a hung or unreachable machine)"})
     hellaswag_path: str | None = field(default=None, metadata={"help": "HellaSwag .jsonl or dataset folder"})
     hellaswag_every: int = field(default=250)
     hellaswag_limit: int | None = field(default=None, metadata={"help": "score only the first N examples"})
@@ -166,6 +169,8 @@ class TrainArguments:
                              "YAML)")
         if self.keep_last < 0:
             raise ValueError(f"--keep_last {self.keep_last}: must be 0 (keep all) or more")
+        if self.ddp_timeout <= 0:
+            raise ValueError(f"--ddp_timeout {self.ddp_timeout}: must be a positive number of seconds")
         if self.max_lr <= 0:
             raise ValueError(f"--max_lr {self.max_lr}: must be positive")
         if self.hub_gpt2_copy and not self.push_to_hub:

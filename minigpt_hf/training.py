@@ -28,6 +28,7 @@ import torch
 from . import checkpoint as ckpt
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_args  # noqa: F401 (the public API)
 from .checkpoint import redact
+from .distributed import check_machines_agree, process_group_kwargs, report_lost_peer
 
 # Dense 16-bit tensor-core peaks (FLOP/s) by a substring of torch.cuda.get_device_name(). MFU is always measured
 # against these, as nanoGPT does, also for fp32 runs (which use TF32 at about half this peak).
@@ -410,6 +411,7 @@ class Run:
     peak: float | None
     lock: ckpt.FolderLock | None
     pusher: object = None
+    step: int = 0  # where fit is (the line of a lost peer names it)
 
     def log(self, message: str) -> None:
         """A line on stdout and in log.txt, from the main process."""
@@ -478,6 +480,7 @@ def setup(model_args, data_args, train_args) -> Run:
         log_with=build_trackers(train_args.report_to, train_args.output_dir, train_args.project, train_args.run_name,
                                 train_args.tags),
         project_dir=train_args.output_dir,
+        kwargs_handlers=[process_group_kwargs(train_args.ddp_timeout)],  # bounds every collective (a lost peer)
     )
     enable_cpu_fp16(accelerator)
     enable_cpu_fsdp(accelerator)
@@ -500,10 +503,12 @@ def setup(model_args, data_args, train_args) -> Run:
             raise FileExistsError(f"{later[-1].parent} already holds {later[-1].name}, which this run would "
                                   f"overwrite; {hint}")
 
-        # data: the embedded corpus is prepared on first use, by the main process while the others wait
-        if data_args.data_source == "embedded" and accelerator.is_main_process:
+        # data: the embedded corpus is prepared on first use, by each node's first process while the others wait (a
+        # node-local --data_dir is prepared on every node; a shared one once, the others wait for its lock)
+        if data_args.data_source == "embedded" and accelerator.is_local_main_process:
             ensure_embedded_shards(data_args.data_dir)
         accelerator.wait_for_everyone()
+        check_machines_agree(accelerator, train_args.output_dir, data_args.data_dir)  # one folder, the same data
         read_manifest(data_args.data_dir)  # a clear error when --data_source shards has nothing there
         train_loader = DistributedTokenLoader(data_args.data_dir, "train", B, T, rank, world_size,
                                               grad_accum=grad_accum)
@@ -602,6 +607,7 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
     bar = tqdm(total=max_steps, initial=run.start_step, unit="step", disable=not main_process, dynamic_ncols=True)
     steps_since_log, saved_step = 0, run.start_step
     for step in range(run.start_step, max_steps + 1):
+        run.step = step
         last_step = step == max_steps
         # ranks agree on a stop through a collective: in multi-process runs only right after a logged step, where
         # the host has just synced anyway (so a signal is honoured within --log_every steps; every step by default)
@@ -719,6 +725,10 @@ def train(model_args, data_args, train_args) -> int:
         run = setup(model_args, data_args, train_args)
         try:
             return fit(run, stop)
+        except RuntimeError as err:  # a collective failed: one line if another process died or hung, exit 1
+            if not report_lost_peer(err, run):
+                raise
+            return 1
         finally:
             if run.lock:
                 run.lock.release()

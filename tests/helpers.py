@@ -15,11 +15,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_cmd(command: str, argv, num_processes: int = 2, extra=()) -> list[str]:
-    """``accelerate launch -m minigpt_hf COMMAND ARGV`` on CPU processes (design.md, 'Distributed on CPU')."""
+def launch_cmd(command: str, argv, num_processes: int = 2, extra=(), num_machines: int = 1, machine_rank: int = 0,
+               port: int | None = None) -> list[str]:
+    """``accelerate launch -m minigpt_hf COMMAND ARGV`` on CPU processes (design.md, 'Distributed on CPU'). With
+    ``num_machines`` > 1, the launcher of machine ``machine_rank`` (``num_processes`` counts all machines' processes),
+    meeting the others at 127.0.0.1:``port``, which every machine's command must share."""
+    machines = ["--num_machines", str(num_machines)]
+    if num_machines > 1:
+        machines += ["--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1"]
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), *extra, "-m", "minigpt_hf", command, *map(str, argv)]
+            *machines, "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port or free_port()), *extra, "-m", "minigpt_hf", command, *map(str, argv)]
 
 
 def launch_env(env=None) -> dict:
