@@ -137,6 +137,10 @@ def add_common_args(p) -> None:
     p.add_argument("--loss_chunk_size", type=int, default=0,
                    help="MiniGPT's config.loss_chunk_size: the chunked loss that never holds the (B, T, V) logits "
                         "(0 = off, the model's default; GPT2 has no such option)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="what the timings and ratios count: wall seconds, or the process's CPU seconds (user + "
+                        "system, all threads), which on a shared, busy CPU leave out the time spent waiting for a "
+                        "core; cpu only with --device cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, token batches and sampling")
     p.add_argument("--json", help="also write the results to this JSON file (rewritten after every row)")
 
@@ -229,26 +233,40 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of one call, with the device synchronised before and after."""
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Wall seconds and process CPU seconds of one call, with the device synchronised before and after."""
     sync(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int, rounds: int, iters: int
+    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int, rounds: int, iters: int,
+    clock: str = "wall",
 ) -> dict[str, dict[str, list]]:
     """Time several callables against the same machine noise: ``warmup`` untimed calls each, then ``rounds`` rounds
-    of A×iters, B×iters, … Returns, per name, the warm-up times (the first one includes any compilation) and the
-    timed seconds per round."""
-    out = {name: {"warmup_s": [timed(fn, device) for _ in range(warmup)], "rounds_s": []} for name, fn in fns.items()}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            out[name]["rounds_s"].append([timed(fn, device) for _ in range(iters)])
+    of A×iters, B×iters, … (every other round in reverse order, so that no callable always follows the same one).
+    Returns, per name, the warm-up wall times (the first one includes any compilation) and the timed seconds per
+    round: ``rounds_s`` on ``clock`` ("wall", or "cpu": the process's CPU time, user + system), and both clocks as
+    ``rounds_wall_s`` and ``rounds_cpu_s``."""
+    out = {name: {"warmup_s": [timed(fn, device)[0] for _ in range(warmup)], "rounds_wall_s": [], "rounds_cpu_s": []}
+           for name, fn in fns.items()}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            wall, cpu = zip(*(timed(fns[name], device) for _ in range(iters)))
+            out[name]["rounds_wall_s"].append(list(wall))
+            out[name]["rounds_cpu_s"].append(list(cpu))
+    for t in out.values():
+        t["rounds_s"] = t[f"rounds_{clock}_s"]
     return out
+
+
+def on_clock(times: dict[str, dict[str, list]], clock: str) -> dict[str, dict[str, list]]:
+    """``interleaved``'s timings with ``rounds_s`` taken from the other clock ("wall" or "cpu")."""
+    return {name: {**t, "rounds_s": t[f"rounds_{clock}_s"]} for name, t in times.items()}
 
 
 def compare(times: dict[str, dict[str, list]], work: float, reference: str = "MiniGPT") -> dict:

@@ -11,7 +11,7 @@ AdamW everywhere: lr 6e-4, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on 2-D wei
 gradient accumulation. Peers (``--peers``, MiniGPT first; every ratio is MiniGPT / that peer, higher is better):
 
     MiniGPT         MiniGPTForCausalLM through training.train_step
-    NanoGPT         a nanoGPT-style GPT written in _common.py: nn.Linear, F.scaled_dot_product_attention(is_causal=True),
+    NanoGPT         a nanoGPT-style GPT written in _common.py: nn.Linear, F.scaled_dot_product_attention (causal),
                     tied head, F.cross_entropy over all 50304 logits; same init and shapes as MiniGPT
     GPT2            transformers.GPT2LMHeadModel (SDPA), F.cross_entropy over its 50257 logits
     MiniGPT-hfloss  MiniGPT through train_step with transformers' ForCausalLMLoss: the loss path before issue 20
@@ -57,6 +57,7 @@ from _common import (
     build_model,
     compare,
     environment,
+    on_clock,
     interleaved,
     load_average,
     positive_int,
@@ -99,9 +100,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     for mode in args.modes:
         if not MODE.fullmatch(mode):
             p.error(f"--modes: {mode!r} is not [eager|compile]-{{fp32,bf16,fp16}}[-scaler], e.g. compile-bf16")
+    if args.clock == "cpu" and gpu:
+        p.error("--clock cpu measures CPU work; on cuda the kernels run asynchronously: use --clock wall")
     unknown = [name for name in args.peers if name not in PEERS]
     if unknown or args.peers[0] != "MiniGPT" or len(set(args.peers)) != len(args.peers):
-        p.error(f"--peers: MiniGPT first, then any of {', '.join(list(PEERS)[1:])}, each once; got {','.join(args.peers)}")
+        p.error(f"--peers: MiniGPT first, then any of {', '.join(list(PEERS)[1:])}, each once; "
+                f"got {','.join(args.peers)}")
     if "MiniGPT-chunk" in args.peers and args.loss_chunk_size <= 0:
         p.error("--peers MiniGPT-chunk needs --loss_chunk_size > 0")
     return args
@@ -242,6 +246,15 @@ def profile_steps(steps: dict, device: torch.device, report: Report, batch_size:
         report.set(f"profile_{name}_B{batch_size}", table)
 
 
+def ratio_text(vs: dict, peer: str, name: str) -> str:
+    """"median (min–max)" of ``name``'s speed over ``peer``'s; empty where the table shows no such ratio (a peer
+    against itself, the MiniGPT variants against each other except MiniGPT's own row, the plain peers' rows)."""
+    if peer not in vs or (name != "MiniGPT" and peer.startswith("MiniGPT")):
+        return ""
+    r = vs[peer]
+    return f"{r['ratio']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f})"
+
+
 def measure_mode(args, device, mode: str, report: Report) -> dict:
     """Every peer in one mode, every batch size; one table row per (batch size, model). Returns tokens/s by
     (batch size, model)."""
@@ -264,16 +277,20 @@ def measure_mode(args, device, mode: str, report: Report) -> dict:
         window = random_tokens(batch_size, args.seq_len + 1, device)
         loader = Batches(window[:, :-1].contiguous(), window[:, 1:].contiguous())
         steps = {name: (lambda step=step: step(loader)) for name, (step, _, _) in runs.items()}
-        times = interleaved(steps, device, warmup=args.warmup, rounds=args.rounds, iters=args.iters)
+        times = interleaved(steps, device, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
+                            clock=args.clock)
         memory = {name: peak_step_memory(steps[name], model, o, device) for name, (_, model, o) in runs.items()}
-        result = compare(times, work=batch_size * args.seq_len)
+        work = batch_size * args.seq_len
+        result = compare(times, work=work)
+        vs = {name: compare(times, work, reference=name)["vs"] for name in args.peers if name.startswith("MiniGPT")}
+        other = "cpu" if args.clock == "wall" else "wall"
+        other_vs = compare(on_clock(times, other), work)["vs"]
         for name in args.peers:
             fpt = flops_per_token(runs[name][1], shape, args.seq_len)
             tokens_per_s = result[name]["per_s"]
             mfu = fpt * tokens_per_s / peak if peak else None
             throughput[batch_size, name] = tokens_per_s
-            ratios = [f"{result['vs'][p]['ratio']:.3f} ({result['vs'][p]['ratio_min']:.3f}–"
-                      f"{result['vs'][p]['ratio_max']:.3f})" if name == "MiniGPT" else "" for p in args.peers[1:]]
+            ratios = [ratio_text(vs.get(name, {}), p, name) for p in args.peers[1:]]
             report.row(
                 [mode, batch_size, name, f"{result[name]['median_s'] * 1e3:.1f}", f"{tokens_per_s:,.0f}",
                  f"{mfu:.1%}" if mfu is not None else "n/a",
@@ -282,9 +299,14 @@ def measure_mode(args, device, mode: str, report: Report) -> dict:
                 {"mode": mode, "batch": batch_size, "seq_len": args.seq_len, "model": name,
                  "median_step_s": result[name]["median_s"], "tokens_per_s": tokens_per_s, "flops_per_token": fpt,
                  "peak_flops": peak, "mfu": mfu, "peak_memory_bytes": memory[name],
-                 "first_step_s": result[name]["first_call_s"], "rounds_s": times[name]["rounds_s"],
-                 **({"vs": result["vs"]} if name == "MiniGPT" else {})},
+                 "first_step_s": result[name]["first_call_s"], "clock": args.clock,
+                 "rounds_wall_s": times[name]["rounds_wall_s"], "rounds_cpu_s": times[name]["rounds_cpu_s"],
+                 **({"vs": vs[name]} if name in vs else {}),
+                 **({f"vs_{other}_clock": other_vs} if name == "MiniGPT" else {})},
             )
+        if other_vs and device.type == "cpu":
+            report.note(f"B={batch_size}, the same rounds on the {other} clock: MiniGPT "
+                        + ", ".join(f"vs {p} {ratio_text(other_vs, p, 'MiniGPT')}" for p in other_vs))
         if args.profile == batch_size:
             profile_steps(steps, device, report, batch_size)
     return throughput
@@ -304,7 +326,8 @@ def main(argv=None) -> None:
           f"{shape['n_embd']} wide, T={args.seq_len}; vocabulary 50304 (padded; GPT2 50257). Step: fwd + bwd + clip "
           f"{args.grad_clip} + AdamW{' (fused)' if device.type == 'cuda' else ''}, no accumulation; MiniGPT through "
           f"minigpt_hf.training.train_step. {args.rounds} interleaved rounds × {args.iters} steps after "
-          f"{args.warmup} warm-up step(s); ratio = MiniGPT / peer speed, median of the per-round ratios (range)."
+          f"{args.warmup} warm-up step(s), timed on the {args.clock} clock; 'vs P' = this row's speed / P's (MiniGPT "
+          "rows), median of the per-round ratios (range)."
           f"{f' MiniGPT-chunk: loss_chunk_size {args.loss_chunk_size}.' if 'MiniGPT-chunk' in args.peers else ''}\n"
           "MFU = FLOPs/token × tokens/s / peak, FLOPs/token = 6·N + 12·L·H·Q·T (N = parameters excl. position "
           "embeddings). Peak memory = weights + optimizer state + the step's peak allocation. First step includes "
@@ -312,7 +335,7 @@ def main(argv=None) -> None:
     report.table(
         "Training step",
         ["mode", "B", "model", "step ms (median)", "tok/s", "MFU", "peak mem GiB", "first step s",
-         *[f"MiniGPT/{p} (range)" for p in args.peers[1:]]],
+         *[f"vs {p} (range)" for p in args.peers[1:]]],
     )
     throughput = {mode: measure_mode(args, device, mode, report) for mode in args.modes}
     if "compile-bf16" in throughput and "compile-fp16-scaler" in throughput:
