@@ -415,9 +415,11 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
 
     def _fast_loss_applies(self, logits, return_logits: bool) -> bool:
         """Whether :meth:`_fast_loss` stands in for ``self.loss_function``: transformers' default causal-LM loss (not
-        replaced), eager (compiled graphs keep the plain ops, for the compiler to fuse), and either a backward pass to
-        follow or logits nobody will read."""
+        replaced), eager (compiled graphs keep the plain ops, for the compiler to fuse; so do torch.func transforms,
+        which the autograd.Function does not support), and either a backward pass to follow or logits nobody will
+        read."""
         return (self.loss_function is ForCausalLMLoss and not torch.compiler.is_compiling()
+                and not torch._C._are_functorch_transforms_active()
                 and (not return_logits or (logits.requires_grad and torch.is_grad_enabled())))
 
     def _fast_loss(self, logits, labels=None, shift_labels=None, num_items_in_batch=None, ignore_index=-100,

@@ -6,7 +6,7 @@ transformers' causal-LM loss through ``CausalLMCrossEntropy`` (torch's own kerne
 the weights after the AdamW step equal a plain computation (``F.cross_entropy`` over the logits, padded vocabulary
 columns at the dtype's minimum) and the model's previous path (transformers' ``ForCausalLMLoss``). Also: the step
 allocates one logits-sized buffer where the plain loss allocates four, the logits a caller gets are never written,
-the chunked loss still trains, and the compiled step is one graph.
+the chunked loss still trains, torch.func transforms and the compiled step (one graph) take the plain loss.
 """
 
 import copy
@@ -197,6 +197,18 @@ def test_return_logits_false_needs_labels():
     x, _ = windows()
     with pytest.raises(ValueError, match="pass labels or shift_labels"):
         tiny_model()(x, return_logits=False)
+
+
+def test_torch_func_transforms_take_the_plain_loss():
+    """torch.func.grad through the model (per-sample gradients, meta-learning) works: the fast path steps aside."""
+    model = tiny_model()
+    x, y = windows()
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    loss = lambda p: torch.func.functional_call(model, p, (x,), {"shift_labels": y}).loss  # noqa: E731
+    grad = torch.func.grad(loss)(params)
+    model(x, shift_labels=y).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grad[name], p.grad, msg=name)
 
 
 def test_the_chunked_loss_still_trains_through_train_step():
