@@ -50,6 +50,14 @@ def per_call_ms(times: dict, name: str, calls: int = 1) -> float:
     return statistics.median(s for r in times[name]["rounds_s"] for s in r) * 1e3 / calls
 
 
+def repeated(fn, reps: int):
+    """``fn`` called ``reps`` times in a row, as one callable: small pieces are timed in bulk."""
+    def call():
+        for _ in range(reps):
+            fn()
+    return call
+
+
 def head_and_loss(args, device, report: Report) -> None:
     from minigpt_hf.modeling_minigpt import CausalLMCrossEntropy
 
@@ -98,22 +106,16 @@ def small_costs(args, device, report: Report) -> None:
     window = args.batch * s["block_size"] + 1
     reps = 200
 
-    def repeat(fn):
-        def call():
-            for _ in range(reps):
-                fn()
-        return call
-
     def fill():
         with torch.no_grad():
             logits[..., 50257:] = torch.finfo(logits.dtype).min
 
     pieces = {
-        "padded-vocabulary fill (B, T, 47 of 50304 columns)": repeat(fill),
-        "create_causal_mask (SDPA, no padding, no cache)": repeat(lambda: create_causal_mask(config, embeds, None,
-                                                                                             None, None)),
-        "loader: uint16 window -> int64 tensor": repeat(lambda: torch.from_numpy(shard[:window].astype(np.int64))),
+        "padded-vocabulary fill (B, T, 47 of 50304 columns)": fill,
+        "create_causal_mask (SDPA, no padding, no cache)": lambda: create_causal_mask(config, embeds, None, None, None),
+        "loader: uint16 window -> int64 tensor": lambda: torch.from_numpy(shard[:window].astype(np.int64)),
     }
+    pieces = {name: repeated(fn, reps) for name, fn in pieces.items()}
     times = interleaved(pieces, device, warmup=1, rounds=args.rounds, iters=1, clock=args.clock)
     report.table(f"2-3. Small costs per call, B={args.batch}, T={s['block_size']} ({args.clock} clock)",
                  ["piece", "µs per call"])
@@ -145,12 +147,6 @@ def python_overhead(args, device, report: Report) -> None:
     nano_opt = torch.optim.AdamW([p for p in nano.parameters()], lr=6e-4, betas=(0.9, 0.95))
     reps = 50
 
-    def repeat(fn):
-        def call():
-            for _ in range(reps):
-                fn()
-        return call
-
     def nano_fwd_bwd():
         nano(x, y).backward()
         nano.zero_grad(set_to_none=True)
@@ -167,8 +163,9 @@ def python_overhead(args, device, report: Report) -> None:
     def mini_step():
         training.train_step(prepared, optimizer, Loader(), accelerator, 1, 6e-4, 1.0)
 
-    fns = {"NanoGPT forward + backward": repeat(nano_fwd_bwd), "MiniGPT forward + backward": repeat(mini_fwd_bwd),
-           "NanoGPT step by hand": repeat(nano_step), "MiniGPT training.train_step": repeat(mini_step)}
+    fns = {"NanoGPT forward + backward": nano_fwd_bwd, "MiniGPT forward + backward": mini_fwd_bwd,
+           "NanoGPT step by hand": nano_step, "MiniGPT training.train_step": mini_step}
+    fns = {name: repeated(fn, reps) for name, fn in fns.items()}
     times = interleaved(fns, device, warmup=1, rounds=args.rounds, iters=1, clock=args.clock)
     report.table(f"4. Python overhead at a toy shape (2 × 64, V=512, B=1, T=16; {args.clock} clock)",
                  ["call", "ms per call"])
@@ -178,7 +175,7 @@ def python_overhead(args, device, report: Report) -> None:
 
     profiler = cProfile.Profile()
     profiler.enable()
-    repeat(mini_step)()
+    repeated(mini_step, reps)()
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)

@@ -16,9 +16,11 @@
 #   6. train_B16_64  as 2 at B=16 and 64 (recompiles once, with a dynamic batch dimension)
 # The suite is held to SUITE_SECONDS (default 480 s, 8 minutes); each part gets min(its limit, time left).
 # Offline: no network, no datasets/evaluate. DEVICE, SHAPE, DTYPE, BATCHES (three sizes; the middle one is measured first),
-# NEW_TOKENS, ROUNDS, CHUNK (the --loss_chunk_size of part 4) and PYTHON override the defaults, e.g. to check the
-# script on a CPU:
-#   DEVICE=cpu SHAPE=tiny BATCHES=2,4,8 NEW_TOKENS=8 ROUNDS=1 CHUNK=64 bash benchmarks/run_gpu.sh /tmp/bench
+# NEW_TOKENS, ROUNDS, CHUNK (the --loss_chunk_size of part 4), LIMIT_SCALE (multiplies every part's limit) and
+# PYTHON override the defaults, e.g. to check the script on a CPU (about 10 minutes on 2 busy cores; CPU inductor
+# compiles slowly):
+#   DEVICE=cpu SHAPE=tiny BATCHES=2,4,8 NEW_TOKENS=8 ROUNDS=1 CHUNK=64 LIMIT_SCALE=3 SUITE_SECONDS=3000 \
+#       bash benchmarks/run_gpu.sh /tmp/bench
 set -uo pipefail
 
 OUT_DIR=${1:-${OUT:-benchmarks/out}}
@@ -30,6 +32,7 @@ NEW_TOKENS=${NEW_TOKENS:-256}
 ROUNDS=${ROUNDS:-3}
 SUITE_SECONDS=${SUITE_SECONDS:-480}
 CHUNK=${CHUNK:-2048}
+LIMIT_SCALE=${LIMIT_SCALE:-1}
 PYTHON=${PYTHON:-python3}
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -46,6 +49,7 @@ failures=0
 part() {
     local name=$1 limit=$2 script=$3 left=$((END - SECONDS)) tables rc
     shift 3
+    limit=$((limit * LIMIT_SCALE))
     if ((left < 30)); then
         echo "## $name: skipped, the suite's time is used up" | tee -a "$SUMMARY"
         failures=$((failures + 1))

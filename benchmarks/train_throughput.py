@@ -319,7 +319,8 @@ def main(argv=None) -> None:
     header = {"benchmark": "train_throughput", "environment": environment(device), "args": vars(args)}
     report = Report(args.json, header)
     env = report.data["environment"]
-    print(f"# Training throughput: the trainer's step on MiniGPT vs {', '.join(args.peers[1:])} — {env['device']}, "
+    peers = f" vs {', '.join(args.peers[1:])}" if args.peers[1:] else ""
+    print(f"# Training throughput: the trainer's step on MiniGPT{peers} — {env['device']}, "
           f"torch {env['torch']}, transformers {env['transformers']}, {env['date']}, load average "
           f"{env['load_average']}")
     print(f"\n`{env['command']}`\n\nshape {args.shape}: {shape['n_layer']} layers × {shape['n_head']} heads × "
