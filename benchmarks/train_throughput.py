@@ -100,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for mode in args.modes:
         if not MODE.fullmatch(mode):
             p.error(f"--modes: {mode!r} is not [eager|compile]-{{fp32,bf16,fp16}}[-scaler], e.g. compile-bf16")
+        if MODE.fullmatch(mode).group(2) == "fp16" and not mode.endswith("-scaler"):
+            p.error(f"--modes: {mode!r} without -scaler: Accelerate always scales fp16, so the peers must too "
+                    f"({mode}-scaler)")
     if args.clock == "cpu" and gpu:
         p.error("--clock cpu measures CPU work; on cuda the kernels run asynchronously: use --clock wall")
     unknown = [name for name in args.peers if name not in PEERS]
