@@ -1,15 +1,17 @@
-"""Shared pieces of the benchmark scripts: the two models at one shape, the training step, interleaved timing,
+"""Shared pieces of the benchmark scripts: the models at one shape, the training step, interleaved timing,
 throughput ratios, environment facts and output (markdown tables, JSON).
 
-Both scripts compare ``MiniGPTForCausalLM`` ("MiniGPT") with ``transformers.GPT2LMHeadModel`` ("GPT2", SDPA
-attention) in one process. The models share every shape except the vocabulary: MiniGPT's is padded to 50304 rows,
-GPT-2's is OpenAI's 50257. Dropout is 0 in both (GPT2Config's default is 0.1; the pre-training recipe uses 0).
+The scripts compare ``MiniGPTForCausalLM`` ("MiniGPT") in one process with its peers: ``transformers.GPT2LMHeadModel``
+("GPT2", SDPA attention) and, in ``train_throughput.py``, a nanoGPT-style model written here (``NanoGPT``). The models
+share every shape except the vocabulary: MiniGPT's and NanoGPT's are padded to 50304 rows, GPT-2's is OpenAI's 50257.
+Dropout is 0 in all (GPT2Config's default is 0.1; the pre-training recipe uses 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -20,8 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 from minigpt_hf import MiniGPTConfig, MiniGPTForCausalLM  # noqa: E402
@@ -35,7 +40,61 @@ SHAPES: dict[str, dict] = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GPT2_VOCAB = 50257  # also the id range of the random token batches, so both models see the same ids
 EOT_ID = 50256
-MODELS = ("MiniGPT", "GPT2")
+# Every model a benchmark can build (``build_model``); the MiniGPT-* variants are MiniGPT with one thing changed.
+PEERS = {
+    "MiniGPT": "MiniGPTForCausalLM",
+    "MiniGPT-hfloss": "MiniGPTForCausalLM with transformers' ForCausalLMLoss (its loss before issue 20)",
+    "MiniGPT-chunk": "MiniGPTForCausalLM with config.loss_chunk_size = --loss_chunk_size",
+    "NanoGPT": "the nanoGPT-style model below (plain nn.Linear, F.scaled_dot_product_attention, F.cross_entropy)",
+    "GPT2": "transformers.GPT2LMHeadModel, SDPA attention",
+}
+
+
+class NanoGPT(nn.Module):
+    """A nanoGPT-style GPT-2 (karpathy/nanoGPT ``model.py``), written here as the plain-PyTorch peer: ``nn.Linear``
+    layers, ``F.scaled_dot_product_attention(is_causal=True)``, the LM head tied to the token embedding, and the loss
+    ``F.cross_entropy`` over all ``vocab_size`` logits (50304: the padded rows are ordinary logits here). Same init as
+    MiniGPT: N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)), zero biases. ``forward(idx, targets)``
+    returns the mean loss (targets given) or the logits."""
+
+    class Block(nn.Module):
+        def __init__(self, n_embd: int, n_head: int):
+            super().__init__()
+            self.n_head = n_head
+            self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+            self.c_attn, self.attn_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
+            self.c_fc, self.mlp_proj = nn.Linear(n_embd, 4 * n_embd), nn.Linear(4 * n_embd, n_embd)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    def __init__(self, n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int = 50304):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
+        self.h = nn.ModuleList(self.Block(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(self, idx, targets=None):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
 def setup(device: str, seed: int, threads: int | None = None) -> torch.device:
@@ -78,28 +137,59 @@ def add_common_args(p) -> None:
     p.add_argument("--loss_chunk_size", type=int, default=0,
                    help="MiniGPT's config.loss_chunk_size: the chunked loss that never holds the (B, T, V) logits "
                         "(0 = off, the model's default; GPT2 has no such option)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="what the timings and ratios count: wall seconds, or the process's CPU seconds (user + "
+                        "system, all threads), which on a shared, busy CPU leave out the time spent waiting for a "
+                        "core; cpu only with --device cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, token batches and sampling")
     p.add_argument("--json", help="also write the results to this JSON file (rewritten after every row)")
 
 
-def build_models(shape: str, device: torch.device, loss_chunk_size: int = 0) -> dict[str, torch.nn.Module]:
-    """MiniGPT and GPT2LMHeadModel (SDPA, dropout 0) at one named shape, in fp32 on ``device``."""
+def hf_causal_lm_loss(**kwargs):
+    """transformers' ``ForCausalLMLoss`` under another name: set as ``model.loss_function``, MiniGPT computes its loss
+    through it, as before issue 20, instead of through its own bit-identical fast path."""
+    return ForCausalLMLoss(**kwargs)
+
+
+def build_model(name: str, shape: str, device: torch.device, loss_chunk_size: int = 0) -> torch.nn.Module:
+    """One of ``PEERS`` at a named shape, in fp32 on ``device``. MiniGPT at ``124m`` is the ``gpt2-124m`` preset."""
     s = SHAPES[shape]
-    mini = MiniGPTForCausalLM(MiniGPTConfig(**s, vocab_size=50304, loss_chunk_size=loss_chunk_size))
-    gpt2 = GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=s["n_layer"],
-            n_head=s["n_head"],
-            n_embd=s["n_embd"],
-            n_positions=s["block_size"],
-            vocab_size=GPT2_VOCAB,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            attn_implementation="sdpa",
+    if name.startswith("MiniGPT"):
+        chunk = loss_chunk_size if name == "MiniGPT-chunk" else 0
+        if name == "MiniGPT-chunk" and chunk <= 0:
+            raise SystemExit("the MiniGPT-chunk peer needs --loss_chunk_size > 0")
+        config = (MiniGPTConfig.from_preset("gpt2-124m", loss_chunk_size=chunk) if shape == "124m"
+                  else MiniGPTConfig(**s, vocab_size=50304, loss_chunk_size=chunk))
+        model = MiniGPTForCausalLM(config)
+        if name == "MiniGPT-hfloss":
+            model.loss_function = hf_causal_lm_loss
+    elif name == "NanoGPT":
+        model = NanoGPT(**s)
+    elif name == "GPT2":
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_layer=s["n_layer"],
+                n_head=s["n_head"],
+                n_embd=s["n_embd"],
+                n_positions=s["block_size"],
+                vocab_size=GPT2_VOCAB,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                attn_implementation="sdpa",
+            )
         )
-    )
-    return {"MiniGPT": mini.to(device), "GPT2": gpt2.to(device)}
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(PEERS)}")
+    return model.to(device)
+
+
+def build_models(shape: str, device: torch.device, loss_chunk_size: int = 0) -> dict[str, torch.nn.Module]:
+    """MiniGPT (``config.loss_chunk_size`` = ``loss_chunk_size``) and GPT2LMHeadModel (SDPA, dropout 0) at one named
+    shape, in fp32 on ``device``."""
+    mini = build_model("MiniGPT", shape, device)
+    mini.config.loss_chunk_size = loss_chunk_size
+    return {"MiniGPT": mini, "GPT2": build_model("GPT2", shape, device)}
 
 
 def random_tokens(batch: int, seq_len: int, device: torch.device) -> torch.Tensor:
@@ -109,27 +199,33 @@ def random_tokens(batch: int, seq_len: int, device: torch.device) -> torch.Tenso
 def train_step(model, optimizer, batch, scaler=None, *, amp_dtype=None, grad_clip=None):
     """One optimisation step without gradient accumulation; returns the (detached) loss.
 
-    Forward with ``labels=batch`` (the model shifts, as HF models do) under autocast when ``amp_dtype`` is set,
-    backward (through ``scaler`` when given: fp16), then, with an ``optimizer``: unscale, clip the global gradient
-    norm to ``grad_clip`` (when set), step, and drop the gradients. Without an optimizer it is forward + backward only.
+    Forward with ``labels=batch`` (the model shifts, as HF models do) under autocast when ``amp_dtype`` is set, then
+    ``backward_and_step``. Without an optimizer it is forward + backward only.
     """
     with torch.autocast(batch.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         loss = model(input_ids=batch, labels=batch).loss
+    backward_and_step(model, optimizer, loss, scaler, grad_clip)
+    return loss.detach()
+
+
+def backward_and_step(model, optimizer, loss, scaler=None, grad_clip=None):
+    """Backward (through ``scaler`` when given: fp16), then, with an ``optimizer``: unscale, clip the global gradient
+    norm to ``grad_clip`` (when set), step, and drop the gradients; without one, just drop them. Returns the
+    gradient norm before clipping (None without clipping)."""
     (scaler.scale(loss) if scaler is not None else loss).backward()
     if optimizer is None:
         model.zero_grad(set_to_none=True)
-        return loss.detach()
+        return None
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip else None
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return norm
 
 
 def sync(device: torch.device) -> None:
@@ -137,42 +233,61 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of one call, with the device synchronised before and after."""
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Wall seconds and process CPU seconds of one call, with the device synchronised before and after."""
     sync(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int, rounds: int, iters: int
+    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int, rounds: int, iters: int,
+    clock: str = "wall",
 ) -> dict[str, dict[str, list]]:
     """Time several callables against the same machine noise: ``warmup`` untimed calls each, then ``rounds`` rounds
-    of A×iters, B×iters, … Returns, per name, the warm-up times (the first one includes any compilation) and the
-    timed seconds per round."""
-    out = {name: {"warmup_s": [timed(fn, device) for _ in range(warmup)], "rounds_s": []} for name, fn in fns.items()}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            out[name]["rounds_s"].append([timed(fn, device) for _ in range(iters)])
+    of A×iters, B×iters, … (every other round in reverse order, so that no callable always follows the same one).
+    Returns, per name, the warm-up wall times (the first one includes any compilation) and the timed seconds per
+    round: ``rounds_s`` on ``clock`` ("wall", or "cpu": the process's CPU time, user + system), and both clocks as
+    ``rounds_wall_s`` and ``rounds_cpu_s``."""
+    out = {name: {"warmup_s": [timed(fn, device)[0] for _ in range(warmup)], "rounds_wall_s": [], "rounds_cpu_s": []}
+           for name, fn in fns.items()}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            wall, cpu = zip(*(timed(fns[name], device) for _ in range(iters)))
+            out[name]["rounds_wall_s"].append(list(wall))
+            out[name]["rounds_cpu_s"].append(list(cpu))
+    for t in out.values():
+        t["rounds_s"] = t[f"rounds_{clock}_s"]
     return out
 
 
-def compare(times: dict[str, dict[str, list]], work: float) -> dict:
-    """Throughputs (``work`` units per second, at the median over all timed calls) of MiniGPT and GPT2, and the
-    ratio MiniGPT / GPT2 (higher is better): the median of the per-round ratios, with their min and max."""
-    per_round = [
-        statistics.median(gpt2) / statistics.median(mini)
-        for mini, gpt2 in zip(times["MiniGPT"]["rounds_s"], times["GPT2"]["rounds_s"], strict=True)
-    ]
-    result = {}
-    for name in MODELS:
-        median_s = statistics.median(t for round_s in times[name]["rounds_s"] for t in round_s)
-        result[name] = {"median_s": median_s, "per_s": work / median_s, "first_call_s": times[name]["warmup_s"][0]}
-    result["ratio"] = statistics.median(per_round)
-    result["ratio_min"], result["ratio_max"] = min(per_round), max(per_round)
-    result["ratio_per_round"] = per_round
+def on_clock(times: dict[str, dict[str, list]], clock: str) -> dict[str, dict[str, list]]:
+    """``interleaved``'s timings with ``rounds_s`` taken from the other clock ("wall" or "cpu")."""
+    return {name: {**t, "rounds_s": t[f"rounds_{clock}_s"]} for name, t in times.items()}
+
+
+def compare(times: dict[str, dict[str, list]], work: float, reference: str = "MiniGPT") -> dict:
+    """Throughputs (``work`` units per second, at the median over all timed calls) of every model, and the speed
+    ratio ``reference`` / each other model (higher is better): the median of the per-round ratios, with their min and
+    max, under ``result["vs"][name]``. ``result["ratio"]`` (and ``_min``, ``_max``, ``_per_round``) repeat the ratio
+    over GPT2 when it is there."""
+    result = {"vs": {}}
+    for name, t in times.items():
+        median_s = statistics.median(s for round_s in t["rounds_s"] for s in round_s)
+        result[name] = {"median_s": median_s, "per_s": work / median_s, "first_call_s": t["warmup_s"][0]}
+        if name == reference:
+            continue
+        per_round = [
+            statistics.median(other) / statistics.median(ref)
+            for ref, other in zip(times[reference]["rounds_s"], t["rounds_s"], strict=True)
+        ]
+        result["vs"][name] = {"ratio": statistics.median(per_round), "ratio_min": min(per_round),
+                              "ratio_max": max(per_round), "ratio_per_round": per_round}
+    if "GPT2" in result["vs"]:
+        result.update(result["vs"]["GPT2"])
     return result
 
 
@@ -182,6 +297,11 @@ def ratio_cell(result: dict) -> str:
 
 def spread_cell(result: dict) -> str:
     return f"{result['ratio_min']:.3f}–{result['ratio_max']:.3f}"
+
+
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages, as ``uptime`` prints them."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def environment(device: torch.device) -> dict:
@@ -198,6 +318,7 @@ def environment(device: torch.device) -> dict:
         name = f"{model}, {threads} thread{'s' if threads > 1 else ''} ({os.cpu_count()} CPUs visible)"
     return {
         "device": name,
+        "load_average": load_average(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

@@ -40,6 +40,9 @@ from _common import (
 )
 
 
+DECODINGS = {"top-k": ("top-k 50", dict(do_sample=True, top_k=50)), "greedy": ("greedy", dict(do_sample=False))}
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     add_common_args(p)
@@ -54,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--iters", type=positive_int, default=3, help="timed training steps per model and round")
     p.add_argument("--gen_iters", type=positive_int, default=1, help="timed generate() calls per model and round")
     p.add_argument("--parts", default="train,generate", help="which parts to run: train, generate or both")
+    p.add_argument("--decodings", default="top-k,greedy", help="generate(): top-k (50, sampling), greedy or both")
     p.set_defaults(rounds=5, warmup=2)
     args = p.parse_args()
     gpu = args.device == "cuda"
@@ -64,6 +68,11 @@ def parse_args() -> argparse.Namespace:
     args.new_tokens = args.new_tokens or (256 if gpu else 64)
     args.gen_batches = [int(b) for b in args.gen_batches.split(",")]
     args.parts = args.parts.split(",")
+    if args.clock == "cpu" and gpu:
+        p.error("--clock cpu measures CPU work; on cuda the kernels run asynchronously: use --clock wall")
+    args.decodings = args.decodings.split(",")
+    if not set(args.decodings) <= set(DECODINGS):
+        p.error(f"--decodings takes top-k, greedy or top-k,greedy, got {','.join(args.decodings)}")
     if not set(args.parts) <= {"train", "generate"}:
         p.error(f"--parts takes train, generate or train,generate, got {','.join(args.parts)}")
     if "generate" in args.parts and args.prompt_len + args.new_tokens > SHAPES[args.shape]["block_size"]:
@@ -84,7 +93,7 @@ def bench_train(args, device, report: Report) -> None:
         scaler = torch.amp.GradScaler(device.type) if args.dtype == "fp16" else None
         step_model = torch.compile(model, dynamic=False) if args.compile else model
         steps[name] = lambda m=step_model, o=optimizer, s=scaler: train_step(m, o, batch, s, amp_dtype=amp_dtype)
-    times = interleaved(steps, device, warmup=args.warmup, rounds=args.rounds, iters=args.iters)
+    times = interleaved(steps, device, warmup=args.warmup, rounds=args.rounds, iters=args.iters, clock=args.clock)
     result = compare(times, work=args.batch * args.seq_len)
     what = "fwd+bwd+AdamW" if args.optimizer else "fwd+bwd"
     if args.loss_chunk_size:
@@ -131,7 +140,7 @@ def bench_generate(args, device, report: Report) -> None:
         prompt = random_tokens(batch_size, args.prompt_len, device)
         mask = torch.ones_like(prompt)
         expected_shape = (batch_size, args.prompt_len + args.new_tokens)
-        for decoding, options in (("top-k 50", dict(do_sample=True, top_k=50)), ("greedy", dict(do_sample=False))):
+        for decoding, options in (DECODINGS[name] for name in args.decodings):
             kwargs = dict(
                 input_ids=prompt,
                 attention_mask=mask,
@@ -144,7 +153,8 @@ def bench_generate(args, device, report: Report) -> None:
             calls = {
                 name: (lambda m=m: check_shape(m.generate(**kwargs), expected_shape)) for name, m in models.items()
             }
-            times = interleaved(calls, device, warmup=args.warmup, rounds=args.rounds, iters=args.gen_iters)
+            times = interleaved(calls, device, warmup=args.warmup, rounds=args.rounds,
+                                iters=args.gen_iters, clock=args.clock)
             result = compare(times, work=batch_size * args.new_tokens)
             report.row(
                 [batch_size, decoding, f"{result['MiniGPT']['per_s']:,.0f}", f"{result['GPT2']['per_s']:,.0f}",

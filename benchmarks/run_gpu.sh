@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite: MiniGPT vs GPT2LMHeadModel at GPT-2 124M, bf16, eager and compiled.
+# The GPU benchmark suite (issue 20, part B): the trainer's own step on MiniGPT (the gpt2-124m preset) against a
+# nanoGPT-style model and GPT2LMHeadModel (SDPA) at T=1024, bf16, compiled; generation; memory; fp16 vs bf16.
 #
 #   bash benchmarks/run_gpu.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else benchmarks/out
 #
 # Writes into OUT_DIR: summary.md (environment and every table, printed again at the end), suite.log (stderr of all
-# parts) and one JSON per part — 6 files. Parts, most important first; a part cut short by its time limit keeps the
-# rows it finished in its JSON and in summary.md:
-#   1. train_B32      issue 7: B=32, eager-bf16 / compile-bf16 / compile-fp16-scaler (MFU, memory, fp16 vs bf16)
-#   2. model_eager    issue 3: fwd+bwd at B=16 and generate() at batch 1 and 16, 256 new tokens, eager
-#   3. train_B16_64   B=16 and 64, eager-bf16 / compile-bf16
-#   4. model_compile  fwd+bwd compiled; generate() with a static cache, which transformers compiles itself
-# The suite is held to SUITE_SECONDS (default 470 s, about 8 minutes); each part gets min(its limit, time left).
-# Offline: no network, no datasets/evaluate. DEVICE, SHAPE, DTYPE, BATCHES (three sizes), NEW_TOKENS, ROUNDS and
-# PYTHON override the defaults, e.g. to check the script on a CPU:
-#   DEVICE=cpu SHAPE=tiny BATCHES=2,4,8 NEW_TOKENS=8 ROUNDS=1 bash benchmarks/run_gpu.sh /tmp/bench
+# parts) and one JSON per part. Parts, most important first; a part cut short by its time limit keeps the rows it
+# finished in its JSON and in summary.md:
+#   1. exact         the fast loss is bit-identical to transformers' loss on this device (fp32, bf16, fp16; ~20 s)
+#   2. train_B32     train tokens/s, MFU, peak memory: training.train_step on MiniGPT vs NanoGPT (fused AdamW) vs
+#                    GPT2, compile-bf16, B=32, interleaved; then a torch.profiler table of 2 steps of each
+#   3. generate      generate() tokens/s, batch 1 and 16, 256 new tokens, top-k 50, static cache + compile
+#   4. memory        peak memory at B=32, eager bf16: MiniGPT, MiniGPT with --loss_chunk_size, NanoGPT
+#   5. fp16          MiniGPT compile-fp16-scaler vs compile-bf16 at B=32
+#   6. train_B16_64  as 2 at B=16 and 64 (recompiles once, with a dynamic batch dimension)
+# The suite is held to SUITE_SECONDS (default 480 s, 8 minutes); each part gets min(its limit, time left).
+# Offline: no network, no datasets/evaluate. DEVICE, SHAPE, DTYPE, BATCHES (three sizes; the middle one is measured first),
+# NEW_TOKENS, ROUNDS, CHUNK (the --loss_chunk_size of part 4), LIMIT_SCALE (multiplies every part's limit) and
+# PYTHON override the defaults, e.g. to check the script on a CPU (about 10 minutes on 2 busy cores; CPU inductor
+# compiles slowly):
+#   DEVICE=cpu SHAPE=tiny BATCHES=2,4,8 NEW_TOKENS=8 ROUNDS=1 CHUNK=64 LIMIT_SCALE=3 SUITE_SECONDS=3000 \
+#       bash benchmarks/run_gpu.sh /tmp/bench
 set -uo pipefail
 
 OUT_DIR=${1:-${OUT:-benchmarks/out}}
@@ -23,7 +30,9 @@ DTYPE=${DTYPE:-bf16}
 BATCHES=${BATCHES:-16,32,64}
 NEW_TOKENS=${NEW_TOKENS:-256}
 ROUNDS=${ROUNDS:-3}
-SUITE_SECONDS=${SUITE_SECONDS:-470}
+SUITE_SECONDS=${SUITE_SECONDS:-480}
+CHUNK=${CHUNK:-2048}
+LIMIT_SCALE=${LIMIT_SCALE:-1}
 PYTHON=${PYTHON:-python3}
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -40,6 +49,7 @@ failures=0
 part() {
     local name=$1 limit=$2 script=$3 left=$((END - SECONDS)) tables rc
     shift 3
+    limit=$((limit * LIMIT_SCALE))
     if ((left < 30)); then
         echo "## $name: skipped, the suite's time is used up" | tee -a "$SUMMARY"
         failures=$((failures + 1))
@@ -69,14 +79,17 @@ part() {
     echo '```'
 } >"$SUMMARY" 2>&1
 
-part train_B32 200 train_throughput.py --batch_sizes "$B_MID" \
-    --modes "eager-$DTYPE,compile-$DTYPE,compile-fp16-scaler" --rounds "$ROUNDS" --iters 5 --warmup 3
-part model_eager 110 bench_model.py --dtype "$DTYPE" --batch "$B_SMALL" --gen_batches 1,16 \
-    --new_tokens "$NEW_TOKENS" --rounds "$ROUNDS" --iters 3 --warmup 1
-part train_B16_64 150 train_throughput.py --batch_sizes "$B_SMALL,$B_LARGE" --modes "eager-$DTYPE,compile-$DTYPE" \
-    --rounds "$ROUNDS" --iters 5 --warmup 3
-part model_compile 180 bench_model.py --compile --dtype "$DTYPE" --batch "$B_SMALL" --gen_batches 1,16 \
-    --new_tokens "$NEW_TOKENS" --rounds "$ROUNDS" --iters 3 --warmup 1
+part exact 90 check_exact.py --batch 8
+part train_B32 240 train_throughput.py --batch_sizes "$B_MID" --modes "compile-$DTYPE" \
+    --peers MiniGPT,NanoGPT,GPT2 --rounds "$ROUNDS" --iters 5 --warmup 2 --profile "$B_MID"
+part generate 150 bench_model.py --compile --parts generate --dtype "$DTYPE" --gen_batches 1,16 --decodings top-k \
+    --new_tokens "$NEW_TOKENS" --rounds "$ROUNDS" --warmup 1
+part memory 60 train_throughput.py --batch_sizes "$B_MID" --modes "eager-$DTYPE" \
+    --peers MiniGPT,MiniGPT-chunk,NanoGPT --loss_chunk_size "$CHUNK" --rounds 1 --iters 2 --warmup 1
+part fp16 150 train_throughput.py --batch_sizes "$B_MID" --modes "compile-$DTYPE,compile-fp16-scaler" \
+    --peers MiniGPT --rounds "$ROUNDS" --iters 5 --warmup 2
+part train_B16_64 180 train_throughput.py --batch_sizes "$B_SMALL,$B_LARGE" --modes "compile-$DTYPE" \
+    --peers MiniGPT,NanoGPT,GPT2 --rounds "$ROUNDS" --iters 5 --warmup 2
 
 echo "== done in ${SECONDS}s: $failures part(s) failed, cut short or skipped" | tee -a "$LOG"
 cat "$SUMMARY"

@@ -14,9 +14,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -149,6 +151,55 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
         return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None, None
+
+
+class CausalLMCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(logits.float().view(-1, V), targets, ignore_index=ignore_index, reduction=...)`` -- the loss of
+    transformers' ``ForCausalLMLoss`` -- bit for bit in the loss and in the gradient, in fewer (N, V) buffers.
+
+    The same kernels run on the same values: ``log_softmax`` and ``nll_loss_forward``; in backward
+    ``nll_loss_backward`` and ``_log_softmax_backward_data``. What differs is where they write. torch's backward
+    allocates a zero-filled (N, V) gradient for ``nll_loss`` and another (N, V) tensor for ``log_softmax``'s
+    gradient; here both are computed a block of rows at a time (both kernels work row by row), the first into a small
+    scratch buffer, the second over the saved log-probabilities, which nothing else reads. The log-probabilities
+    themselves are written over the fp32 upcast of 16-bit logits (a private copy), or, with ``overwrite_logits``
+    (the caller never sees the logits), over the logits; otherwise into a new tensor, so the caller's logits are
+    never changed. On a CPU each fresh buffer of that size (400 MB at N = 2048, V = 50304) costs more in page faults
+    than in arithmetic. One backward per forward: the saved log-probabilities are used up (autograd then refuses a
+    second pass through ``retain_graph``)."""
+
+    BLOCK_BYTES = {"cpu": 1 << 20}  # scratch per block of rows: about an L2 cache on a CPU; 256 MB elsewhere
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index: int, reduction: int, overwrite_logits: bool = False):
+        x = logits.detach().reshape(-1, logits.shape[-1]).float()
+        private = overwrite_logits or x.data_ptr() != logits.data_ptr()
+        logp = torch.log_softmax(x, 1, out=x) if private else torch.log_softmax(x, 1)
+        loss, total_weight = torch.ops.aten.nll_loss_forward(logp, targets, None, reduction, ignore_index)
+        ctx.save_for_backward(logp, targets, total_weight)
+        ctx.ignore_index, ctx.reduction, ctx.shape, ctx.dtype = ignore_index, reduction, logits.shape, logits.dtype
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        try:
+            logp, targets, total_weight = ctx.saved_tensors
+        except RuntimeError as err:  # autograd's check: the saved log-probabilities were used up by a first pass
+            raise RuntimeError(
+                "MiniGPT's loss takes one backward pass per forward (its gradient is written over the saved "
+                "log-probabilities): run the forward again rather than backward(retain_graph=True) twice"
+            ) from err
+        n, v = logp.shape
+        rows = max(1, CausalLMCrossEntropy.BLOCK_BYTES.get(logp.device.type, 1 << 28) // (v * logp.element_size()))
+        scratch = logp.new_empty((min(rows, n), v))
+        for start in range(0, n, rows):
+            lp, t = logp[start : start + rows], targets[start : start + rows]
+            grad_nll = torch.ops.aten.nll_loss_backward.grad_input(
+                grad_loss, lp, t, None, ctx.reduction, ctx.ignore_index, total_weight, grad_input=scratch[: len(t)]
+            )
+            torch.ops.aten._log_softmax_backward_data.out(grad_nll, lp, 1, torch.float32, out=lp)
+        return logp.view(ctx.shape).to(ctx.dtype), None, None, None, None
 
 
 class MiniGPTPreTrainedModel(PreTrainedModel):
@@ -319,8 +370,18 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
+        return_logits: bool = True,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        r"""
+        return_logits (`bool`, defaults to `True`):
+            `False` with `labels` or `shift_labels`: return the loss only (`logits` is None). The loss and the
+            gradients are the same, bit for bit; the loss then works in the logits' own buffer, so a step needs one
+            (batch, seq, vocab) buffer fewer. The trainer's step passes `False`.
+        """
+        has_labels = labels is not None or kwargs.get("shift_labels") is not None
+        if not return_logits and not has_labels:
+            raise ValueError("return_logits=False returns the loss only: pass labels or shift_labels too")
         out = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -336,7 +397,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         hidden = out.last_hidden_state
         extras = {"hidden_states": out.hidden_states, "attentions": out.attentions, CACHE_FIELD: out.get(CACHE_FIELD)}
         chunked = self.config.loss_chunk_size and self.training  # evaluation and inference always get logits
-        if chunked and (labels is not None or kwargs.get("shift_labels") is not None):
+        if chunked and has_labels:
             return CausalLMOutputWithPast(loss=self._chunked_loss(hidden, labels, **kwargs), **extras)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
@@ -347,9 +408,35 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         loss = None
         if kwargs.get("shift_labels") is not None:  # (B, T+1) windows give non-contiguous targets; HF's loss views
             kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()
-        if labels is not None or kwargs.get("shift_labels") is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **extras)
+        if has_labels:
+            if self._fast_loss_applies(logits, return_logits):
+                loss = self._fast_loss(logits, labels, overwrite_logits=not return_logits, **kwargs)
+            else:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits if return_logits else None, **extras)
+
+    def _fast_loss_applies(self, logits, return_logits: bool) -> bool:
+        """Whether :meth:`_fast_loss` stands in for ``self.loss_function``: transformers' default causal-LM loss (not
+        replaced), eager (compiled graphs keep the plain ops, for the compiler to fuse; so do torch.func transforms,
+        which the autograd.Function does not support), and either a backward pass to follow or logits nobody will
+        read."""
+        return (self.loss_function is ForCausalLMLoss and not torch.compiler.is_compiling()
+                and not torch._C._are_functorch_transforms_active()
+                and (not return_logits or (logits.requires_grad and torch.is_grad_enabled())))
+
+    def _fast_loss(self, logits, labels=None, shift_labels=None, num_items_in_batch=None, ignore_index=-100,
+                   overwrite_logits=False, **_):
+        """``ForCausalLMLoss`` step by step, its cross-entropy through :class:`CausalLMCrossEntropy`: the same loss
+        and gradients, bit for bit, in fewer (B*T, V) buffers."""
+        if shift_labels is None:  # tokens < n predict n
+            shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous()
+        targets = shift_labels.view(-1).to(logits.device)
+        reduction = 1 if num_items_in_batch is None else 2  # torch's Reduction: 1 mean, 2 sum
+        loss = CausalLMCrossEntropy.apply(logits, targets, ignore_index, reduction, overwrite_logits)
+        if num_items_in_batch is not None:  # as transformers' fixed_cross_entropy
+            loss = loss / (num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch)
+                           else num_items_in_batch)
+        return loss
 
     def _chunked_loss(self, hidden, labels=None, shift_labels=None, num_items_in_batch=None, ignore_index=-100, **_):
         """The HF causal-LM loss through :class:`ChunkedLinearCrossEntropy` (``config.loss_chunk_size`` > 0, training

@@ -214,7 +214,7 @@ def train_step(model, optimizer, loader, accelerator, grad_accum: int, lr: float
         x, y = x.to(accelerator.device), y.to(accelerator.device)
         # accumulate(): DDP all-reduces only on the last micro-step; backward() divides the loss by grad_accum
         with accelerator.accumulate(model):
-            loss = model(x, shift_labels=y).loss
+            loss = model(x, shift_labels=y, return_logits=False).loss  # loss only: one (B, T, V) buffer fewer
             loss_accum += loss.detach() / grad_accum
             accelerator.backward(loss)
     norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)  # unscales fp16 gradients first
