@@ -1211,13 +1211,17 @@ def ensure_embedded_shards(
     val_tokens: int = EMBEDDED_VAL_TOKENS,
     num_proc: int = 1,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """The manifest of `data_dir`, after preparing the embedded corpus there if (and only if) it has none.
 
     Without a manifest, an interrupted preparation of the embedded corpus is resumed (other shards there are
     incomplete and replaced). In a distributed run call this on the main process only, then wait
-    (``accelerator.wait_for_everyone()``).
+    (``accelerator.wait_for_everyone()``). `log` receives the one-line messages (resuming, wrote ... in N s); by
+    default, with `progress`, they go to stderr, so a job's log says who prepared the data.
     """
+    if log is None and progress:
+        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if not (Path(data_dir) / MANIFEST_NAME).is_file():
         with contextlib.suppress(FileExistsError):  # another run prepared it while this one waited for the lock
             prepare_shards(
@@ -1230,6 +1234,7 @@ def ensure_embedded_shards(
                 overwrite=False,
                 progress=progress,
                 wait_for_lock=True,
+                log=log,
             )
     return read_manifest(data_dir)
 

@@ -188,7 +188,7 @@ class CausalLMCrossEntropy(torch.autograd.Function):
         except RuntimeError as err:  # autograd's check: the saved log-probabilities were used up by a first pass
             raise RuntimeError(
                 "MiniGPT's loss takes one backward pass per forward (its gradient is written over the saved "
-                "log-probabilities): run the forward again rather than backward(retain_graph=True) twice"
+                "log-probabilities): run the forward again rather than a second backward through a retained graph"
             ) from err
         n, v = logp.shape
         rows = max(1, CausalLMCrossEntropy.BLOCK_BYTES.get(logp.device.type, 1 << 28) // (v * logp.element_size()))

@@ -421,8 +421,9 @@ def test_a_live_writers_temporary_is_never_swept(tmp_path):
 
 KILLER = textwrap.dedent(r"""
     # Runs `minigpt COMMAND SOURCE TARGET --overwrite` in a forked child per line read ("MODE DELAY"), kills it with
-    # SIGKILL after DELAY seconds (0: lets it finish) and prints how it ended. The imports are paid once.
-    import json, os, signal, sys, time
+    # SIGKILL after DELAY seconds (0: lets it finish; in mode "writing", DELAY seconds after the new folder is begun,
+    # by the child itself) and prints how it ended. The imports are paid once.
+    import json, os, signal, sys, threading, time
     import torch
     torch.set_num_threads(1)
     from minigpt_hf import checkpoint, integrity
@@ -434,12 +435,14 @@ KILLER = textwrap.dedent(r"""
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def child(mode, n, start):
+    def child(mode, delay, n, start):
         fd = os.open(f"{logs}/{n}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1), os.dup2(fd, 2)
         if mode == "timed":  # when the writing starts and when the swap happens, seconds after the fork
             checkpoint._locked_tempdir = lambda p: (print("writing", time.time() - start), real_tempdir(p))[1]
             integrity.exchange = lambda a, b: (print("swap", time.time() - start), real_exchange(a, b))[1]
+        if mode == "writing":  # timed from the start of the writing, whatever the reading before it took
+            checkpoint._locked_tempdir = lambda p: (threading.Timer(delay, die).start(), real_tempdir(p))[1]
         if mode.startswith("fallback"):
             integrity.exchange = lambda a, b: False
         if mode == "before-swap":
@@ -456,8 +459,8 @@ KILLER = textwrap.dedent(r"""
         start = time.time()
         pid = os.fork()
         if pid == 0:
-            child(mode, n, start)
-        if float(delay):
+            child(mode, float(delay), n, start)
+        if float(delay) and mode != "writing":
             time.sleep(float(delay))
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -498,10 +501,14 @@ def test_sigkill_during_an_overwrite_never_leaves_the_target_missing(command, ru
         times = dict(line.split() for line in Path(timed["log"]).read_text().splitlines()
                      if line.startswith(("writing ", "swap ")))
         writing, swap = float(times["writing"]), float(times["swap"])
-        rng = random.Random(18)  # 7 kills while the source is read and converted, 7 while the new folder is written,
-        delays = [rng.uniform(0, writing) for _ in range(7)] + [rng.uniform(writing, swap + 0.05) for _ in range(7)]
-        outcomes = []  # swapped in, deleting the old one
-        for mode, delay in [("exchange", delay) for delay in delays] + [("before-swap", 0), ("after-swap", 0)]:
+        # 7 kills while the source is read and converted (timed from the fork), 7 while the new folder is written,
+        # swapped in and the old one deleted (timed from the start of the writing: on a fast machine that phase is
+        # a tenth of a second, shorter than the reading's jitter from run to run)
+        rng, after_swap = random.Random(18), min(0.05, (timed["seconds"] - swap) / 2)
+        kills = [("exchange", rng.uniform(0, writing)) for _ in range(7)] + [
+            ("writing", rng.uniform(0, 0.9 * (swap - writing + after_swap))) for _ in range(7)]
+        outcomes = []
+        for mode, delay in kills + [("before-swap", 0), ("after-swap", 0)]:
             before = target.stat().st_ino
             outcome = attempt(mode, delay)
             assert target.is_dir(), (mode, delay, leftovers_beside(target))  # never missing

@@ -161,7 +161,7 @@ def test_two_machines_train_exactly_like_two_processes_on_one(two_machines, one_
     assert sorted(p.name for p in (ckpt.checkpoint_path(out, STEPS) / "training_state").glob("random_states_*")) == [
         "random_states_0.pkl", "random_states_1.pkl"]
     # one shared data folder is prepared once: by one node's first process while the other waited for its lock
-    assert sum(f"tokenizing into {data_dir}" in stderr for _, _, stderr in results) == 1
+    assert sum(f"wrote {data_dir} in " in stderr for _, _, stderr in results) == 1
     assert (data_dir / "manifest.json").is_file()
     assert losses(out) == losses(one_machine)
     assert_same_weights(out, one_machine)
@@ -196,8 +196,8 @@ def test_a_dead_machine_and_a_hung_one_end_the_run_in_bounds_and_resume_finishes
     (rc, _, stderr), (_, _, stderr_1) = finish(machines, timeout=TIMEOUT + 90)
     assert rc != 0 and time.monotonic() - start < TIMEOUT + 60
     # data preparation is per node: each node's first process prepared its own folder, and only its own
-    assert f"tokenizing into {local[0]}" in stderr and f"tokenizing into {local[1]}" in stderr_1
-    assert f"tokenizing into {local[1]}" not in stderr and f"tokenizing into {local[0]}" not in stderr_1
+    assert f"wrote {local[0]} in " in stderr and f"wrote {local[1]} in " in stderr_1
+    assert f"wrote {local[1]} in " not in stderr and f"wrote {local[0]} in " not in stderr_1
     line, newest = survivor_line(stderr, 0), ckpt.list_checkpoints(out)[-1][1]
     assert "lost a peer at step " in line and "127.0.0.1:" in line  # gloo names the peer's address
     assert f"the last finished checkpoint is {newest}; resume with the same command and " \
