@@ -13,6 +13,7 @@ model, and the training loss logged at step s is that of update s. The run folde
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ from . import checkpoint as ckpt
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_args  # noqa: F401 (the public API)
 from .checkpoint import redact
 from .distributed import check_machines_agree, process_group_kwargs, report_lost_peer
+from .signals import StartupStopped, StopOnSignal, say_stopped_at_startup
 
 # Dense 16-bit tensor-core peaks (FLOP/s) by a substring of torch.cuda.get_device_name(). MFU is always measured
 # against these, as nanoGPT does, also for fp32 runs (which use TF32 at about half this peak).
@@ -142,46 +144,6 @@ def enable_cpu_fsdp(accelerator) -> None:
         accelerator.state.fsdp_plugin = plugin
         accelerator.state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# stopping on a signal
-
-
-class StopOnSignal:
-    """SIGTERM (SLURM, Kubernetes, spot preemption) and Ctrl-C ask the run to stop after the current optimizer step,
-    with a checkpoint; a second Ctrl-C exits at once (KeyboardInterrupt)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.received = signum
-        print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
-
-    def agreed(self, accelerator) -> bool:
-        """Whether any rank was signalled (all ranks must stop at the same step, whichever got the signal)."""
-        if accelerator.num_processes == 1:
-            return self.received is not None
-        flag = torch.tensor([float(self.received is not None)], device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -413,6 +375,13 @@ class Run:
     pusher: object = None
     step: int = 0  # where fit is (the line of a lost peer names it)
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the weights are sharded over the processes (FSDP): then every rank takes part in generate."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.FSDP
+
     def log(self, message: str) -> None:
         """A line on stdout and in log.txt, from the main process."""
         if self.accelerator.is_main_process:
@@ -606,13 +575,24 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
     max_steps, warmup = train_args.max_steps, train_args.num_warmup_steps()
     bar = tqdm(total=max_steps, initial=run.start_step, unit="step", disable=not main_process, dynamic_ncols=True)
     steps_since_log, saved_step = 0, run.start_step
+    # ranks agree on a stop through a collective: in multi-process runs only right after a logged step, where the
+    # host has just synced anyway (so a signal is honoured within --log_every steps; every step by default)
+    checks = lambda s: accelerator.num_processes == 1 or (s - 1) % train_args.log_every == 0  # noqa: E731
+    checked = run.start_step  # the last step whose stop check is behind us: a signal now stops a later one
+
+    def stop_step() -> int:
+        s = checked + 1
+        while s < max_steps and not checks(s):
+            s += 1
+        return min(s, max_steps)
+
+    if stop is not None:
+        stop.running(stop_step, rank if accelerator.num_processes > 1 else None)
     for step in range(run.start_step, max_steps + 1):
         run.step = step
         last_step = step == max_steps
-        # ranks agree on a stop through a collective: in multi-process runs only right after a logged step, where
-        # the host has just synced anyway (so a signal is honoured within --log_every steps; every step by default)
-        check = accelerator.num_processes == 1 or (step - 1) % train_args.log_every == 0
-        stopping = stop is not None and step > run.start_step and check and stop.agreed(accelerator)
+        stopping = stop is not None and step > run.start_step and checks(step) and stop.agreed(accelerator)
+        checked = step
 
         if step % train_args.eval_every == 0 or last_step:
             val_loss, val_bpb = evaluate(model, run.val_loader, accelerator, train_args.eval_steps)
@@ -629,14 +609,13 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
             run.log(f"step {step} | hellaswag acc {metrics['acc']:.4f} | acc_norm {metrics['acc_norm']:.4f} | "
                     f"n {metrics['n']}")
 
-        if step % train_args.sample_every == 0 or last_step:
+        # samples from the main process only (the notes' 4, not 4 per rank); under FSDP every rank takes part in
+        # generate (the weights are sharded) and only the main process's are kept
+        if (step % train_args.sample_every == 0 or last_step) and (main_process or run.sharded):
             samples = generate_samples(model, run.tokenizer, accelerator, train_args)
-            lines = "\n".join(f"[rank {rank}] sample {i}: {text}" for i, text in enumerate(samples))
             if main_process:
-                run.log(lines)
-            else:
-                print(lines, flush=True)
-            log_samples(accelerator, samples, step)  # as text, to the trackers that take text
+                run.log("\n".join(f"[rank {rank}] sample {i}: {text}" for i, text in enumerate(samples)))
+                log_samples(accelerator, samples, step)  # as text, to the trackers that take text
 
         if step > run.start_step and (step % train_args.save_every == 0 or last_step or stopping):
             path = ckpt.checkpoint_path(train_args.output_dir, step)
@@ -719,16 +698,21 @@ def trainer_state(run: Run, step: int) -> dict:
     }
 
 
-def train(model_args, data_args, train_args) -> int:
-    """One training run (resumed if asked): 0 when it finished or stopped cleanly on a signal."""
-    with StopOnSignal() as stop:
-        run = setup(model_args, data_args, train_args)
+def train(model_args, data_args, train_args, stop: StopOnSignal | None = None) -> int:
+    """One training run (resumed if asked): 0 when it finished or stopped cleanly on a signal, also one during
+    start-up (before the first step: nothing is saved). `stop`: handlers already installed (the command installs
+    them before its imports)."""
+    with contextlib.nullcontext(stop) if stop else StopOnSignal() as stop:
+        run = None
         try:
-            return fit(run, stop)
+            run = setup(model_args, data_args, train_args)
+            return fit(run, stop)  # which, before its first step, turns signals into stops with a checkpoint
+        except StartupStopped as err:
+            return say_stopped_at_startup(err)
         except RuntimeError as err:  # a collective failed: one line if another process died or hung, exit 1
             if not report_lost_peer(err, run):
                 raise
             return 1
         finally:
-            if run.lock:
+            if run is not None and run.lock:
                 run.lock.release()

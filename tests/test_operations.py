@@ -459,6 +459,9 @@ def test_a_signal_stops_with_a_checkpoint_and_resume_is_exact(straight, shakespe
     step = int(line.split(" at step ")[1].split(":")[0])
     assert line.startswith(f"stopped by {sig.name} at step {step}: checkpoint {ckpt.checkpoint_path(out, step)}")
     assert "--resume_from_checkpoint latest" in line and 0 < step < 8
+    # acknowledged when it arrived, naming the step it stops after (one process: the next step)
+    assert stderr.count(" received: ") == 1  # (the progress bar's line may precede it on stderr)
+    assert f"{sig.name} received: stopping after step {step} with a checkpoint" in stderr
     assert ckpt.list_checkpoints(out)[-1][0] == step
     assert train([*argv, "--resume_from_checkpoint", "latest"]) == 0
     assert losses(out) == losses(straight)  # float32 losses, bit for bit
@@ -475,7 +478,7 @@ def test_a_second_ctrl_c_exits_at_once(shakespeare, tmp_path):
     wait_for(out / "log.txt", "step 0 | loss", proc)
     proc.send_signal(signal.SIGINT)
     for line in proc.stderr:  # the first one is taken: the run will stop after this step (and evaluate first)
-        if "SIGINT: stopping after this step" in line:
+        if "SIGINT received: stopping after step" in line:
             break
     proc.send_signal(signal.SIGINT)
     stdout, rest = proc.communicate(timeout=120)

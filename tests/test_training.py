@@ -424,7 +424,10 @@ def straight_run(shakespeare, tmp_path_factory):
 def test_two_processes_train_and_save_a_loadable_model(straight_run):
     out, proc = straight_run
     assert "world_size 2 | device cpu" in (out / "log.txt").read_text()
-    assert "[rank 1] sample 0: Hello, I'm a language model," in proc.stdout  # every rank samples
+    # the notes' 4 samples, from the main process only (not 4 per rank)
+    log = (out / "log.txt").read_text()
+    assert "[rank 1] sample" not in proc.stdout and "[rank 1] sample" not in log
+    assert [f"[rank 0] sample {i}: Hello, I'm a language model," in log for i in range(5)] == [True] * 4 + [False]
     checkpoint = out / "checkpoints" / "step_000006"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["grad_accum_steps"] == 2

@@ -17,7 +17,12 @@ from . import command
 def main(argv: list[str] | None = None) -> int:
     from ..arguments import parse_args
 
-    args = parse_args(argv)  # before the trainer's imports: --help and bad flags answer at once
-    from ..training import train
+    from ..signals import StartupStopped, StopOnSignal, say_stopped_at_startup
 
-    return train(*args)
+    args = parse_args(argv)  # before the trainer's imports: --help and bad flags answer at once
+    with StopOnSignal() as stop:  # and a signal from here on, during the imports too, is a clean stop
+        try:
+            from ..training import train
+        except StartupStopped as err:
+            return say_stopped_at_startup(err)
+        return train(*args, stop=stop)

@@ -1,0 +1,85 @@
+"""Stopping a training run on a signal (SIGTERM from SLURM, Kubernetes or a spot preemption; Ctrl-C).
+
+Imports nothing heavy, so that ``minigpt train`` installs its handlers before torch and transformers load: a signal
+during start-up (imports, data preparation, loading, compile) stops the run at once with one line and exit 0, and
+nothing is half-made (data preparation keeps its finished shards for the next run, a checkpoint is never begun).
+Once the first step runs, a signal asks the run to stop after the current optimizer step, with a checkpoint; each
+process that receives it says so in one line, naming the step it will stop after. A second Ctrl-C exits at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+
+
+class StartupStopped(KeyboardInterrupt):
+    """A signal arrived before the first training step: the run stops where it is, with nothing to save."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def say_stopped_at_startup(err: StartupStopped) -> int:
+    """The one line of a run stopped during start-up (on each process that was signalled); its exit code, 0."""
+    import os
+
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"{rank}stopped by {err} during start-up, before the first step: nothing was saved; run the same command "
+          "again", file=sys.stderr, flush=True)
+    return 0
+
+
+class StopOnSignal:
+    """The handlers of SIGTERM and SIGINT for one run: while `starting`, a signal raises :class:`StartupStopped`;
+    after :meth:`running`, it is recorded (``received``) and acknowledged, and the loop stops at the step that
+    ``stop_step()`` names."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.starting = True
+        self.prefix = ""  # "[rank R] " in a run of several processes
+        self.stop_step: Callable[[], int] | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if self._previous:
+            raise RuntimeError("StopOnSignal is already installed")
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def running(self, stop_step: Callable[[], int], rank: int | None = None) -> None:
+        """From now on a signal stops the run after the step `stop_step()` names (with a checkpoint)."""
+        self.stop_step, self.starting = stop_step, False
+        self.prefix = f"[rank {rank}] " if rank is not None else ""
+
+    def _handle(self, signum, frame):
+        if self.starting:
+            self.received = signum
+            raise StartupStopped(signum)
+        if self.received is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.received = signum
+        print(f"{self.prefix}{signal.Signals(signum).name} received: stopping after step {self.stop_step()} with a "
+              "checkpoint (Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+
+    def agreed(self, accelerator) -> bool:
+        """Whether any rank was signalled (all ranks must stop at the same step, whichever got the signal)."""
+        if accelerator.num_processes == 1:
+            return self.received is not None
+        import torch
+
+        flag = torch.tensor([float(self.received is not None)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item())
