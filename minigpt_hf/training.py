@@ -710,7 +710,7 @@ def train(model_args, data_args, train_args, stop: StopOnSignal | None = None) -
         except StartupStopped as err:
             return say_stopped_at_startup(err)
         except RuntimeError as err:  # a collective failed: one line if another process died or hung, exit 1
-            if not report_lost_peer(err, run):
+            if run is None or not report_lost_peer(err, run):  # (setup's errors are its own)
                 raise
             return 1
         finally:
