@@ -551,6 +551,23 @@ def _worker_init(lock_fd: int | None) -> None:
             os.close(lock_fd)  # the lock stays the parent's: flock belongs to the open file, not to this fd
 
 
+def _stop_pool_of_a_dead_worker(pool) -> None:
+    """Make the pool's terminate() safe after a worker died: a worker killed while it held the task queue's read
+    lock leaves it held, and terminate() first takes that lock (it hung in about 1 run in 4). No replacement
+    workers, every worker killed and reaped, then the lock freed if a dead one held it."""
+    import multiprocessing.pool
+
+    pool._worker_handler._state = multiprocessing.pool.TERMINATE  # (multiprocessing's own names, as terminate() sets)
+    time.sleep(0.2)  # the handler's loop wakes every 0.1 s: no worker is started after this
+    for worker in list(pool._pool):
+        worker.kill()
+    for worker in list(pool._pool):
+        worker.join(5)
+    lock = pool._inqueue._rlock
+    lock.acquire(block=False)  # free now or held by a process that is gone: either way it is ours to release
+    lock.release()
+
+
 @contextlib.contextmanager
 def _ordered_map(func, items: Iterable, num_proc: int, lock_fd: int | None = None) -> Iterator[Iterator]:
     """``map(func, items)``, computed by a pool of `num_proc` processes (results in order) when num_proc > 1, with
@@ -578,6 +595,7 @@ def _ordered_map(func, items: Iterable, num_proc: int, lock_fd: int | None = Non
                 workers += [w for w in pool._pool if w not in workers]
                 dead = [w.exitcode for w in workers if w.exitcode is not None]
                 if dead:
+                    _stop_pool_of_a_dead_worker(pool)
                     how = f"killed by signal {-dead[0]}, out of memory?" if dead[0] < 0 else f"exit code {dead[0]}"
                     raise ChildProcessError(f"a tokenising worker died ({how}); the finished shards are kept: run "
                                             "the same command again to resume") from None
