@@ -34,13 +34,15 @@ def say_stopped_at_startup(err: StartupStopped) -> int:
 
 class StopOnSignal:
     """The handlers of SIGTERM and SIGINT for one run: while `starting`, a signal raises :class:`StartupStopped`;
-    after :meth:`running`, it is recorded (``received``) and acknowledged, and the loop stops at the step that
-    ``stop_step()`` names."""
+    after :meth:`running`, it is recorded (``received``) with the step that ``stop_step()`` names when it arrives
+    (``at_step``), that step is announced, and the loop stops exactly there: the announcement and the stop can not
+    disagree, wherever in the loop the signal lands."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
+        self.at_step: int | None = None  # the step announced when the signal arrived: the run stops after it
         self.starting = True
         self.prefix = ""  # "[rank R] " in a run of several processes
         self.stop_step: Callable[[], int] | None = None
@@ -71,15 +73,20 @@ class StopOnSignal:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             return
-        self.received = signum
-        print(f"{self.prefix}{signal.Signals(signum).name} received: stopping after step {self.stop_step()} with a "
+        self.received, self.at_step = signum, self.stop_step()
+        print(f"{self.prefix}{signal.Signals(signum).name} received: stopping after step {self.at_step} with a "
               "checkpoint (Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
 
-    def agreed(self, accelerator) -> bool:
-        """Whether any rank was signalled (all ranks must stop at the same step, whichever got the signal)."""
+    def due(self, step: int) -> bool:
+        """Whether this process was signalled for a stop at `step` or before."""
+        return self.at_step is not None and self.at_step <= step
+
+    def agreed(self, accelerator, step: int) -> bool:
+        """Whether the run stops at `step`: this process's signal is due, or (in a run of several processes, which
+        must all stop at the same step) another's is."""
         if accelerator.num_processes == 1:
-            return self.received is not None
+            return self.due(step)
         import torch
 
-        flag = torch.tensor([float(self.received is not None)], device=accelerator.device)
+        flag = torch.tensor([float(self.due(step))], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item())

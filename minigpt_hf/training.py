@@ -578,7 +578,7 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
     # ranks agree on a stop through a collective: in multi-process runs only right after a logged step, where the
     # host has just synced anyway (so a signal is honoured within --log_every steps; every step by default)
     checks = lambda s: accelerator.num_processes == 1 or (s - 1) % train_args.log_every == 0  # noqa: E731
-    checked = run.start_step  # the last step whose stop check is behind us: a signal now stops a later one
+    checked = run.start_step  # the last step whose stop check has begun: a signal now is due at a later one
 
     def stop_step() -> int:
         s = checked + 1
@@ -591,8 +591,10 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
     for step in range(run.start_step, max_steps + 1):
         run.step = step
         last_step = step == max_steps
-        stopping = stop is not None and step > run.start_step and checks(step) and stop.agreed(accelerator)
+        # `checked` moves on before the flag is read: a signal that lands before this line is announced for (and
+        # stops at) this step, one after it for the next check step, and the loop stops at the announced step
         checked = step
+        stopping = stop is not None and step > run.start_step and checks(step) and stop.agreed(accelerator, step)
 
         if step % train_args.eval_every == 0 or last_step:
             val_loss, val_bpb = evaluate(model, run.val_loader, accelerator, train_args.eval_steps)

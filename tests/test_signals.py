@@ -11,10 +11,13 @@ import time
 
 import pytest
 
+import torch
+from safetensors.torch import load_file
+
 from helpers import launch_env
 from minigpt_hf import checkpoint as ckpt, training
 from minigpt_hf.signals import StopOnSignal
-from test_operations import run_args, train
+from test_operations import losses, run_args, straight, train  # noqa: F401 (straight: the fixture)
 
 STARTUP_LINE = "stopped by SIGTERM during start-up, before the first step: nothing was saved; run the same command again"
 
@@ -71,3 +74,61 @@ def test_a_signal_in_the_run_is_acknowledged_by_each_process_naming_the_stop_ste
     assert capsys.readouterr().err.splitlines() == [
         "[rank 1] SIGTERM received: stopping after step 17 with a checkpoint (Ctrl-C again to exit at once)"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+def signal_on_call(monkeypatch, owner, name, call, when="before"):
+    """`owner.name`, patched so that its `call`-th call (from 1) runs the SIGTERM handler just before (or just after)
+    the real one: a signal landing at that exact moment of the loop."""
+    real, calls = getattr(owner, name), []
+
+    def patched(*args, **kwargs):
+        calls.append(1)
+        stop = args[0] if isinstance(args[0], StopOnSignal) else None
+        handler = (stop or signal_on_call.stop)._handle
+        if len(calls) == call and when == "before":
+            handler(signal.SIGTERM, None)
+        result = real(*args, **kwargs)
+        if len(calls) == call and when == "after":
+            handler(signal.SIGTERM, None)
+        return result
+
+    monkeypatch.setattr(owner, name, patched)
+
+
+# where the signal lands -> (what to patch, which call, before or after it, the step the run must stop after)
+MOMENTS = {
+    "at the end of train step 2": ("train_step", 3, "after", 3),  # (train steps count from step 0)
+    "at the stop check of step 3, before the flag is read": ("agreed", 3, "before", 4),
+    "at the stop check of step 3, after the flag is read": ("agreed", 3, "after", 4),
+    "inside train step 3": ("train_step", 4, "before", 4),
+    "inside the save of step 2": ("save_checkpoint", 1, "before", 3),
+}
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_the_step_a_signal_announces_is_the_step_the_run_stops_after(straight, shakespeare, tmp_path, monkeypatch,
+                                                                     capsys, moment):
+    """Wherever in the loop SIGTERM lands, the step the handler announces is the step the loop stops after (and
+    checkpoints), and the resumed run equals the uninterrupted one. (A signal landing between the stop check and
+    the line that moved the loop's step on used to be announced for one step and honoured at the next.)"""
+    name, call, when, expected = MOMENTS[moment]
+    real_enter = StopOnSignal.__enter__
+
+    def enter(self):  # the run's handler object, for the patches of module functions
+        signal_on_call.stop = self
+        return real_enter(self)
+
+    monkeypatch.setattr(StopOnSignal, "__enter__", enter)
+    signal_on_call(monkeypatch, StopOnSignal if name == "agreed" else training, name, call, when)
+    out = tmp_path / "run"
+    argv = run_args(shakespeare, out, "--keep_last", "0", steps=8)
+    assert train(argv) == 0
+    captured = capsys.readouterr()
+    assert f"SIGTERM received: stopping after step {expected} with a checkpoint" in captured.err, captured.err[-2000:]
+    assert f"stopped by SIGTERM at step {expected}: checkpoint {ckpt.checkpoint_path(out, expected)}" in captured.out
+    assert ckpt.list_checkpoints(out)[-1][0] == expected
+    monkeypatch.undo()
+    assert train([*argv, "--resume_from_checkpoint", "latest"]) == 0
+    assert losses(out) == losses(straight)
+    a, b = (load_file(str(d / "checkpoints" / "step_000008" / "model.safetensors")) for d in (out, straight))
+    assert all(torch.equal(a[k], b[k]) for k in a)
