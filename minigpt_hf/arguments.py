@@ -103,6 +103,10 @@ class TrainArguments:
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (through Accelerate)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    cpu_threads: int | None = field(
+        default=None, metadata={"help": "intra-op CPU threads per process in a CPU run (torch.set_num_threads); "
+                                        "default: PyTorch's count for a new run, the checkpoint's for a resumed one "
+                                        "(the float sums split by thread: an exact resume needs the same count)"})
     seed: int = field(default=1337)
     log_every: int = field(default=1, metadata={"help": "log the training metrics every N steps"})
     report_to: str = field(
@@ -167,6 +171,8 @@ class TrainArguments:
         if self.mixed_precision not in ("no", "fp16", "bf16"):  # YAML reads a bare `no` as false
             raise ValueError(f"--mixed_precision {self.mixed_precision!r}: choose no, fp16 or bf16 (quote \"no\" in "
                              "YAML)")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"--cpu_threads {self.cpu_threads}: must be at least 1")
         if self.keep_last < 0:
             raise ValueError(f"--keep_last {self.keep_last}: must be 0 (keep all) or more")
         if self.ddp_timeout <= 0:

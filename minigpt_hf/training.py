@@ -306,6 +306,29 @@ def architecture(config) -> dict:
     return {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
 
 
+def cpu_threads(device, train_args, state: dict | None, checkpoint: Path | None) -> str | None:
+    """Set the intra-op thread count of a CPU run: --cpu_threads, else a resumed run's checkpoint's, else PyTorch's.
+    On CPU the float reductions (the gradient norm, the backward's sums) are split by thread, so a process with
+    another count computes other last bits and drifts: a resume on another machine, under another OMP_NUM_THREADS or
+    a scheduler's cpuset would not be exact. (Setting it also turns MKL's own choice of threads off.) Returns the
+    line a resume logs when it takes a count other than this process's, or None."""
+    if device.type != "cpu":
+        return None
+    default, saved = torch.get_num_threads(), (state or {}).get("cpu_threads")
+    threads = train_args.cpu_threads or saved or default
+    if saved and threads != saved and not train_args.allow_recipe_change:
+        raise ValueError(f"{checkpoint} was trained with --cpu_threads {saved} and this run asks for {threads}: on "
+                         f"CPU the float sums split by thread, so it would not continue exactly; leave out "
+                         "--cpu_threads (the checkpoint's count is the default), or pass --allow_recipe_change")
+    torch.set_num_threads(threads)
+    if saved and threads == saved != default:
+        return (f"{saved} CPU thread{'s' if saved > 1 else ''} per process, as the checkpoint's run had (this process "
+                f"had {default}): the same count keeps the resume exact (--cpu_threads to choose)")
+    if saved and threads != saved:
+        return f"recipe change on resume (--allow_recipe_change): cpu_threads {saved} -> {threads}"
+    return None
+
+
 def check_resumable(state: dict, checkpoint: Path, config, run_recipe: dict, allow_change: bool) -> list[str]:
     """The recipe changes this resume makes (logged), or a ValueError naming what differs when it cannot go on."""
     if state["config_hash"] != ckpt.config_hash(architecture(config)):
@@ -490,6 +513,7 @@ def setup(model_args, data_args, train_args) -> Run:
             hellaswag = load_hellaswag(train_args.hellaswag_path)
 
         # model and optimizer
+        threads_line = cpu_threads(device, train_args, state, checkpoint)
         set_seed(train_args.seed)
         model = build_model(model_args)
         model.config.loss_chunk_size = model_args.loss_chunk_size  # a training-time memory lever, not architecture
@@ -553,6 +577,8 @@ def setup(model_args, data_args, train_args) -> Run:
         run.log(line)
     if checkpoint:
         run.log(f"resumed from {checkpoint} at step {start_step}")
+    if threads_line:
+        run.log(threads_line)
     elif train_args.resume_from_checkpoint == "latest":
         run.log(f"no checkpoint in {train_args.output_dir} yet: starting at step 0")
     for change in changes:
@@ -691,6 +717,7 @@ def trainer_state(run: Run, step: int) -> dict:
         "grad_accum_steps": run.grad_accum,
         "tokens_seen": step * train_args.total_batch_size,
         "skipped_steps": run.skipped_steps,
+        "cpu_threads": torch.get_num_threads() if run.accelerator.device.type == "cpu" else None,
         "config_hash": ckpt.config_hash(architecture(config)),
         "model_config": {name: getattr(config, name) for name in ARCHITECTURE_FIELDS + ("dropout",)},
         "recipe": run.recipe,
@@ -705,7 +732,7 @@ def train(model_args, data_args, train_args, stop: StopOnSignal | None = None) -
     start-up (before the first step: nothing is saved). `stop`: handlers already installed (the command installs
     them before its imports)."""
     with contextlib.nullcontext(stop) if stop else StopOnSignal() as stop:
-        run = None
+        run, threads = None, torch.get_num_threads()
         try:
             run = setup(model_args, data_args, train_args)
             return fit(run, stop)  # which, before its first step, turns signals into stops with a checkpoint
@@ -718,3 +745,4 @@ def train(model_args, data_args, train_args, stop: StopOnSignal | None = None) -
         finally:
             if run is not None and run.lock:
                 run.lock.release()
+            torch.set_num_threads(threads)  # a CPU run sets its own (cpu_threads): the caller's is put back
