@@ -5,6 +5,8 @@ during start-up (imports, data preparation, loading, compile) stops the run at o
 nothing is half-made (data preparation keeps its finished shards for the next run, a checkpoint is never begun).
 Once the first step runs, a signal asks the run to stop after the current optimizer step, with a checkpoint; each
 process that receives it says so in one line, naming the step it will stop after. A second Ctrl-C exits at once.
+After the last step (the final checkpoint written) a signal is taken with one line and the run ends as it would
+have, exit 0: a scheduler's late SIGTERM does not turn a finished run into a killed one.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ class StopOnSignal:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, linger: bool = False):
+        self.linger = linger  # keep the handlers installed after a finished run, until the process exits
+        self.done = False
         self.received: int | None = None
         self.at_step: int | None = None  # the step announced when the signal arrived: the run stops after it
         self.starting = True
@@ -56,9 +60,21 @@ class StopOnSignal:
         return self
 
     def __exit__(self, *exc):
+        if self.done and self.linger:  # a command's process, about to exit: a signal now changes nothing either
+            import atexit
+
+            # (Python puts its own handlers back to the default when it finalizes, the slow teardown of torch's
+            # modules still ahead: SIGTERM is ignored from the exit on, the run's exit status stands)
+            atexit.register(signal.signal, signal.SIGTERM, signal.SIG_IGN)
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+    def finished(self) -> None:
+        """The run is over, its last checkpoint written: from now on a signal stops nothing and only says so (the
+        process goes on to close its logs and exits as it would have)."""
+        self.done = True
 
     def running(self, stop_step: Callable[[], int], rank: int | None = None) -> None:
         """From now on a signal stops the run after the step `stop_step()` names (with a checkpoint)."""
@@ -66,6 +82,17 @@ class StopOnSignal:
         self.prefix = f"[rank {rank}] " if rank is not None else ""
 
     def _handle(self, signum, frame):
+        if self.done:
+            if signum == signal.SIGINT and self.received == signal.SIGINT:  # Ctrl-C again: exit at once, also here
+                print("\ninterrupted", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                import os
+
+                os._exit(130)
+            self.received = signum
+            print(f"{self.prefix}{signal.Signals(signum).name} received after the run finished: its last checkpoint is "
+                  "written, nothing to stop (Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+            return
         if self.starting:
             self.received = signum
             raise StartupStopped(signum)

@@ -699,6 +699,8 @@ def fit(run: Run, stop: StopOnSignal | None = None) -> int:
             run.log(line)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
 
+    if stop is not None:
+        stop.finished()
     bar.close()
     if run.pusher:
         for error in run.pusher.wait():

@@ -132,3 +132,52 @@ def test_the_step_a_signal_announces_is_the_step_the_run_stops_after(straight, s
     assert losses(out) == losses(straight)
     a, b = (load_file(str(d / "checkpoints" / "step_000008" / "model.safetensors")) for d in (out, straight))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_signal_after_the_last_step_leaves_a_finished_run_finished(shakespeare, tmp_path, monkeypatch, capsys):
+    """A scheduler's late SIGTERM, while the run closes its logs: one line, exit 0, the final checkpoint there."""
+    from accelerate import Accelerator
+
+    signalled_at(monkeypatch, Accelerator, "end_training")
+    out = tmp_path / "run"
+    assert train(run_args(shakespeare, out)) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "SIGTERM" in line] == [
+        "SIGTERM received after the run finished: its last checkpoint is written, nothing to stop (Ctrl-C again to "
+        "exit at once)"], err[-2000:]
+    assert [step for step, _ in ckpt.list_checkpoints(out)] == [2, 4]
+
+
+def test_a_commands_handlers_stay_until_the_process_exits(capsys):
+    """`minigpt train` keeps its handlers after a finished run (the process is about to exit: a SIGTERM during the
+    interpreter's shutdown would end it with -15); a library caller's are put back."""
+    try:
+        with StopOnSignal(linger=True) as stop:
+            stop.running(lambda: 3)
+            stop.finished()
+        os.kill(os.getpid(), signal.SIGTERM)  # taken by the lingering handler: this process goes on
+        assert "SIGTERM received after the run finished" in capsys.readouterr().err
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with StopOnSignal() as stop:
+        stop.finished()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_a_late_sigterm_to_a_finished_run_is_exit_0(shakespeare, tmp_path, delay):
+    """From the final checkpoint to the process's very end (closing the logs, the interpreter's teardown, where
+    Python itself has put the default handlers back) a SIGTERM leaves the exit status 0."""
+    from test_operations import wait_for
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "minigpt_hf", "train", *run_args(shakespeare, out)],
+                            env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(out / "log.txt", "step 4 | saved", proc)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert [step for step, _ in ckpt.list_checkpoints(out)] == [2, 4]

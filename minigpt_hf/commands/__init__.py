@@ -29,6 +29,9 @@ COMMANDS = {
 }
 
 EXIT_INPUT_ERROR = 2
+# whether a command runs as this process's program (``minigpt ...``, ``python -m minigpt_hf ...``, a script shim:
+# its arguments from sys.argv), not called from Python: only then may it leave process-wide state behind it
+AS_PROGRAM = False
 _OS_HINTS = {
     errno.ENOSPC: "free some disk space, or write somewhere else",
     errno.EDQUOT: "free some disk space, or write somewhere else",
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     """``minigpt <command> [args]``: run one command."""
     import importlib
 
+    global AS_PROGRAM
+    AS_PROGRAM = AS_PROGRAM or argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         width = max(map(len, COMMANDS))

@@ -18,9 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..arguments import parse_args
 
     from ..signals import StartupStopped, StopOnSignal, say_stopped_at_startup
+    from . import AS_PROGRAM  # (its value now: set by `minigpt`'s dispatch)
 
     args = parse_args(argv)  # before the trainer's imports: --help and bad flags answer at once
-    with StopOnSignal() as stop:  # and a signal from here on, during the imports too, is a clean stop
+    # a signal from here on, during the imports too, is a clean stop; after the run one line, and in the program's
+    # own process so until it exits (the interpreter's shutdown included)
+    with StopOnSignal(linger=argv is None or AS_PROGRAM) as stop:
         try:
             from ..training import train
         except StartupStopped as err:
