@@ -315,6 +315,8 @@ def cpu_threads(device, train_args, state: dict | None, checkpoint: Path | None)
     if device.type != "cpu":
         return None
     default, saved = torch.get_num_threads(), (state or {}).get("cpu_threads")
+    if state and state.get("world_size") != int(os.environ.get("WORLD_SIZE", "1")):
+        saved = None  # an elastic resume (another number of processes) is not bit-exact anyway: the launch's count
     threads = train_args.cpu_threads or saved or default
     if saved and threads != saved and not train_args.allow_recipe_change:
         raise ValueError(f"{checkpoint} was trained with --cpu_threads {saved} and this run asks for {threads}: on "
