@@ -561,6 +561,20 @@ def test_elastic_resume_two_one_two(straight_two, shakespeare, tmp_path, monkeyp
     assert state[0]["tokens_seen"] == state[1]["tokens_seen"] == 12 * 512
 
 
+def test_another_rank_with_an_input_error_leaves_the_line_to_the_first_then_says_it_itself(monkeypatch, capsys):
+    """Under a launch every process parses the same flags; torch's launcher ends all workers when the first exits,
+    so another rank that exits at once can cut the first one off before it prints (seen on a loaded CI machine:
+    no line at all). It waits; if it is still alive after that, the error was its own, and it says so."""
+    from minigpt_hf import commands
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(commands, "NON_MAIN_GRACE_S", 0.3)
+    start = time.monotonic()
+    assert train_command.main(["--keep_last", "-1"]) == 2
+    assert time.monotonic() - start >= 0.3
+    assert capsys.readouterr().err.splitlines() == ["[rank 1] error: --keep_last -1: must be 0 (keep all) or more"]
+
+
 @pytest.mark.slow
 def test_an_input_error_under_a_launch_is_printed_once(shakespeare, tmp_path):
     proc = launch_two("train", run_args(shakespeare, tmp_path / "out", "--keep_last", "-1"))

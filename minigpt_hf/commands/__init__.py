@@ -11,6 +11,7 @@ import errno
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 
 # name -> (module, one-line help)
@@ -29,6 +30,7 @@ COMMANDS = {
 }
 
 EXIT_INPUT_ERROR = 2
+NON_MAIN_GRACE_S = 10.0  # how long another process of a launch waits on an input error before it exits
 # whether a command runs as this process's program (``minigpt ...``, ``python -m minigpt_hf ...``, a script shim:
 # its arguments from sys.argv), not called from Python: only then may it leave process-wide state behind it
 AS_PROGRAM = False
@@ -76,6 +78,12 @@ def command(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
                 raise
             if is_main_process():
                 print(f"error: {describe(err)}", file=sys.stderr, flush=True)
+            else:
+                # torch's launcher ends every worker as soon as one exits: the first process, maybe still loading,
+                # must get to say the line (it exits first, and this one is ended). Still alive after the wait, this
+                # was the only process with the error (the first is waiting for it): it says so itself.
+                time.sleep(NON_MAIN_GRACE_S)
+                print(f"[rank {os.environ.get('RANK')}] error: {describe(err)}", file=sys.stderr, flush=True)
             return EXIT_INPUT_ERROR
         except KeyboardInterrupt:
             if is_main_process():
