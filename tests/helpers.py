@@ -1,5 +1,6 @@
 """What several test files need: the repository root, free ports and a 2-process ``accelerate launch``."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -34,6 +35,21 @@ def launch_env(env=None) -> dict:
 
 
 def launch_two(command: str, argv, env=None, timeout: int = 400) -> subprocess.CompletedProcess:
-    """``accelerate launch -m minigpt_hf COMMAND`` on 2 CPU processes, waited for."""
-    return subprocess.run(launch_cmd(command, argv), env=launch_env(env), capture_output=True, text=True,
-                          timeout=timeout)
+    """``accelerate launch -m minigpt_hf COMMAND`` on 2 CPU processes, waited for. Past `timeout` the whole launch
+    (the launcher and its workers) is killed and the failure shows the tail of what it printed; killing only the
+    launcher would leave its workers running on as orphans (one was found hung an hour later)."""
+    import psutil
+
+    cmd = launch_cmd(command, argv)
+    proc = subprocess.Popen(cmd, env=launch_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # (torch's launcher starts each worker in a session of its own: a process group kill misses them)
+        for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"the launch ran past {timeout} s and was killed; stdout ends:\n{stdout[-2000:]}\n"
+                             f"stderr ends:\n{stderr[-4000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
