@@ -11,6 +11,7 @@ have, exit 0: a scheduler's late SIGTERM does not turn a finished run into a kil
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -26,8 +27,6 @@ class StartupStopped(KeyboardInterrupt):
 
 def say_stopped_at_startup(err: StartupStopped) -> int:
     """The one line of a run stopped during start-up (on each process that was signalled); its exit code, 0."""
-    import os
-
     rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     print(f"{rank}stopped by {err} during start-up, before the first step: nothing was saved; run the same command "
           "again", file=sys.stderr, flush=True)
@@ -86,8 +85,6 @@ class StopOnSignal:
             if signum == signal.SIGINT and self.received == signal.SIGINT:  # Ctrl-C again: exit at once, also here
                 print("\ninterrupted", file=sys.stderr, flush=True)
                 sys.stdout.flush()
-                import os
-
                 os._exit(130)
             self.received = signum
             print(f"{self.prefix}{signal.Signals(signum).name} received after the run finished: its last checkpoint is "

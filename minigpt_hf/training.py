@@ -579,10 +579,10 @@ def setup(model_args, data_args, train_args) -> Run:
         run.log(line)
     if checkpoint:
         run.log(f"resumed from {checkpoint} at step {start_step}")
-    if threads_line:
-        run.log(threads_line)
     elif train_args.resume_from_checkpoint == "latest":
         run.log(f"no checkpoint in {train_args.output_dir} yet: starting at step 0")
+    if threads_line:
+        run.log(threads_line)
     for change in changes:
         run.log(f"recipe change on resume (--allow_recipe_change): {change}")
     if elastic:

@@ -194,3 +194,15 @@ def test_another_thread_count_on_resume_is_a_recipe_change(straight, shakespeare
     assert "recipe change on resume (--allow_recipe_change): cpu_threads 1 -> 2" in capsys.readouterr().out
     state = json.loads((ckpt.checkpoint_path(out, 10) / ckpt.TRAINER_STATE_NAME).read_text())
     assert state["cpu_threads"] == 2
+
+
+def test_a_resume_from_latest_says_where_it_resumed_and_nothing_else(straight, shakespeare, tmp_path):
+    """(The thread count's line once took the place of the if/elif after "resumed from": every resume from
+    `latest` also logged "no checkpoint ... yet: starting at step 0".)"""
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    shutil.rmtree(ckpt.checkpoint_path(out, 8))
+    assert train(run_args(shakespeare, out, "--keep_last", "0", "--resume_from_checkpoint", "latest", steps=8)) == 0
+    log = (out / "log.txt").read_text()
+    assert f"resumed from {ckpt.checkpoint_path(out, 6)} at step 6" in log
+    assert "no checkpoint in" not in log and "CPU thread" not in log  # the same count as the run's: no line
