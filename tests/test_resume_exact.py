@@ -84,10 +84,11 @@ def differences(reference, out) -> list[str]:
     return found
 
 
-def check_exact(every_step, out, stop_step: int) -> None:
+def check_exact(every_step, out, stop_step: int, context: str = "") -> None:
     steps = [step for step, _ in ckpt.list_checkpoints(out)]
-    assert stop_step in steps and steps[-1] == STEPS, steps
-    assert differences(every_step, out) == []
+    assert stop_step in steps and steps[-1] == STEPS, f"{context}{steps}"
+    found = differences(every_step, out)
+    assert found == [], f"{context}{found}"
 
 
 @pytest.mark.slow
@@ -114,9 +115,8 @@ def test_random_sigterms_of_a_real_process_resume_exactly(every_step, shakespear
         assert f"SIGTERM received: stopping after step {stop_step} with a checkpoint" in stderr
         stops.append(stop_step)
         assert train([*argv, "--resume_from_checkpoint", "latest"]) == 0
-        found = differences(every_step, out)
-        assert found == [], f"trial {trial} (MINIGPT_SIGTERM_SEED={seed}), stopped at step {stop_step}: {found}"
-        check_exact(every_step, out, stop_step)
+        check_exact(every_step, out, stop_step, f"trial {trial} (MINIGPT_SIGTERM_SEED={seed}), stopped at step "
+                                                f"{stop_step}: ")
     print(f"{trials} SIGTERMs (seed {seed}), stopped after steps {stops}: every resume exact")
 
 
